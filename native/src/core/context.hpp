@@ -1,0 +1,21 @@
+// The object behind qlora_context_t: resolved backend, CPU ISA and thread pool.
+#pragma once
+
+#include "qlora.h"
+#include "core/thread_pool.hpp"
+
+#include <memory>
+
+struct qlora_context {
+    qlora_backend backend = QLORA_BACKEND_CPU; // resolved, never AUTO
+    qlora_cpu_isa isa = QLORA_ISA_SCALAR;      // what CPU kernels may use
+    int32_t       device = 0;
+    std::unique_ptr<qlora::ThreadPool> pool;
+
+    qlora::ThreadPool & threads() { return *pool; }
+};
+
+namespace qlora {
+// Throws INVALID_ARGUMENT for a NULL context.
+qlora_context & checked(qlora_context_t ctx);
+} // namespace qlora

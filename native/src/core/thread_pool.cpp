@@ -1,0 +1,114 @@
+#include "core/thread_pool.hpp"
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define QLORA_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define QLORA_CPU_RELAX() asm volatile("yield")
+#else
+#define QLORA_CPU_RELAX() ((void)0)
+#endif
+
+namespace qlora {
+
+namespace {
+constexpr int kSpinIterations = 1 << 14; // ~ tens of microseconds before sleeping
+}
+
+void split_range(int64_t n, int64_t grain, int parts, int p, int64_t & begin, int64_t & end) {
+    if (grain < 1) grain = 1;
+    const int64_t units = (n + grain - 1) / grain;
+    const int64_t base = units / parts, extra = units % parts;
+    const int64_t ub = p * base + std::min<int64_t>(p, extra);
+    const int64_t ue = ub + base + (p < extra ? 1 : 0);
+    begin = std::min(n, ub * grain);
+    end = std::min(n, ue * grain);
+}
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
+    workers_.reserve(static_cast<size_t>(n_threads_ - 1));
+    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+    stop_.store(true, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    generation_.notify_all();
+    for (auto & t : workers_) t.join();
+}
+
+void ThreadPool::execute(int index) {
+    try {
+        (*job_)(index, n_threads_);
+    } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+    }
+}
+
+void ThreadPool::worker_loop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g = generation_.load(std::memory_order_acquire);
+        for (int spin = 0; g == seen && spin < kSpinIterations; ++spin) {
+            QLORA_CPU_RELAX();
+            g = generation_.load(std::memory_order_acquire);
+        }
+        while (g == seen) {
+            generation_.wait(seen, std::memory_order_acquire);
+            g = generation_.load(std::memory_order_acquire);
+        }
+        seen = g;
+        if (stop_.load(std::memory_order_acquire)) return;
+        execute(index);
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    }
+}
+
+void ThreadPool::run(const std::function<void(int, int)> & fn) {
+    if (n_threads_ == 1) {
+        fn(0, 1);
+        return;
+    }
+    job_ = &fn;
+    error_ = nullptr;
+    pending_.store(n_threads_ - 1, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    generation_.notify_all();
+    execute(0);
+    int left = pending_.load(std::memory_order_acquire);
+    for (int spin = 0; left != 0 && spin < kSpinIterations; ++spin) {
+        QLORA_CPU_RELAX();
+        left = pending_.load(std::memory_order_acquire);
+    }
+    while (left != 0) {
+        pending_.wait(left, std::memory_order_acquire);
+        left = pending_.load(std::memory_order_acquire);
+    }
+    job_ = nullptr;
+    if (error_) {
+        auto e = error_;
+        error_ = nullptr;
+        std::rethrow_exception(e);
+    }
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)> & fn) {
+    if (n <= 0) return;
+    const int64_t units = (n + std::max<int64_t>(grain, 1) - 1) / std::max<int64_t>(grain, 1);
+    const int parts = static_cast<int>(std::min<int64_t>(n_threads_, units));
+    if (parts <= 1) {
+        fn(0, n, 0);
+        return;
+    }
+    run([&](int t, int) {
+        if (t >= parts) return;
+        int64_t b, e;
+        split_range(n, grain, parts, t, b, e);
+        if (b < e) fn(b, e, t);
+    });
+}
+
+} // namespace qlora
