@@ -234,8 +234,9 @@ qlora_safetensors & checked(qlora_safetensors_t f) {
 
 namespace {
 
-void check_params(const qlora_safetensors_params * p) {
-    QLORA_CHECK_NOT_NULL(p);
+void check_params(const qlora_safetensors_params * params) {
+    QLORA_CHECK_NOT_NULL(params);
+    const qlora_safetensors_params * p = params;
     QLORA_CHECK_ARG(p->access == QLORA_ACCESS_NORMAL || p->access == QLORA_ACCESS_SEQUENTIAL ||
                         p->access == QLORA_ACCESS_RANDOM,
                     "params->access must be QLORA_ACCESS_NORMAL, _SEQUENTIAL or _RANDOM, got %d",
