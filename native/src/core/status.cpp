@@ -44,6 +44,14 @@ QLORA_API size_t qlora_dtype_size(qlora_dtype dtype) {
         case QLORA_DTYPE_I32: return 4;
         case QLORA_DTYPE_I64: return 8;
         case QLORA_DTYPE_F64: return 8;
+        case QLORA_DTYPE_I8: return 1;
+        case QLORA_DTYPE_I16: return 2;
+        case QLORA_DTYPE_U16: return 2;
+        case QLORA_DTYPE_U32: return 4;
+        case QLORA_DTYPE_U64: return 8;
+        case QLORA_DTYPE_BOOL: return 1;
+        case QLORA_DTYPE_F8_E4M3: return 1;
+        case QLORA_DTYPE_F8_E5M2: return 1;
     }
     return 0;
 }

@@ -13,6 +13,14 @@ const char * dtype_name(qlora_dtype dtype) {
         case QLORA_DTYPE_I32: return "I32";
         case QLORA_DTYPE_I64: return "I64";
         case QLORA_DTYPE_F64: return "F64";
+        case QLORA_DTYPE_I8: return "I8";
+        case QLORA_DTYPE_I16: return "I16";
+        case QLORA_DTYPE_U16: return "U16";
+        case QLORA_DTYPE_U32: return "U32";
+        case QLORA_DTYPE_U64: return "U64";
+        case QLORA_DTYPE_BOOL: return "BOOL";
+        case QLORA_DTYPE_F8_E4M3: return "F8_E4M3";
+        case QLORA_DTYPE_F8_E5M2: return "F8_E5M2";
     }
     return "unknown";
 }
