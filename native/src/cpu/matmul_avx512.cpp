@@ -1,0 +1,3 @@
+#include "cpu/matmul_cpu.hpp"
+namespace qlora::cpu { void q4_matmul_avx512(qlora_context & ctx, const MatmulArgs & a) { q4_matmul_portable(ctx, a); }
+void q4_matmul_avx512_bf16(qlora_context & ctx, const MatmulArgs & a) { q4_matmul_portable(ctx, a); } }
