@@ -1,0 +1,403 @@
+// AVX-512 fused 4-bit matmul: fp32 tiles with FMA (F32 x, or BF16 x widened),
+// and bf16 tiles with vdpbf16ps (BF16 x on AVX512-BF16 CPUs). The driver is
+// matmul_impl.hpp; this file has the decoders, packers and micro-kernels.
+//
+// Decoding 32 elements (16 bytes, one block, fp32 scale s): the bytes widen to
+// 16 dwords; >> 4 gives the even elements' codes, the low nibble (vpermps
+// ignores the upper index bits) the odd ones; vpermps looks both up in the
+// 16-entry code table held in a register, and a multiply by s gives exactly the
+// dequantized fp32 values. Even elements land in one vector and odd ones in
+// the other, hence perm(p) below.
+#define QLORA_MM_NS avx512
+#include "cpu/matmul_impl.hpp"
+#include "cpu/matmul_cpu.hpp"
+
+// GCC 12 reports its own _mm512_undefined_* helpers (used inside the
+// intrinsics headers) as maybe-uninitialized; nothing here reads them.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+namespace qlora::cpu {
+namespace avx512 {
+namespace {
+
+// Position p of a 32-chunk holds element perm(p): evens, then odds.
+inline int perm32(int p) { return p < 16 ? 2 * p : 2 * (p - 16) + 1; }
+
+inline void decode32(const uint8_t * packed, int64_t g, __m512 code, float scale, __m512 & H, __m512 & L) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(packed + (g >> 1))));
+    const __m512 s = _mm512_set1_ps(scale);
+    H = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), code), s);
+    L = _mm512_mul_ps(_mm512_permutexvar_ps(v, code), s);
+}
+
+// In-register 16x16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i.
+inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int q = 0; q < 4; ++q) {
+        const __m512d a = _mm512_castps_pd(t[4 * q]), b = _mm512_castps_pd(t[4 * q + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * q + 2]), d = _mm512_castps_pd(t[4 * q + 3]);
+        r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int c = 0; c < 4; ++c) {
+        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    }
+    for (int c = 0; c < 8; ++c) {
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
+    }
+}
+
+// Transposes a 16x16 tile of 32-bit values (row stride 16) into dst rows
+// (stride dst_stride floats).
+inline void transpose_store(const float * tile, float * dst, int64_t dst_stride) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(tile + 16 * i);
+    transpose16(r);
+    for (int j = 0; j < 16; ++j) _mm512_store_ps(dst + j * dst_stride, r[j]);
+}
+
+// 32 activations at x[i..i+32) as fp32.
+inline void load32(const void * x, qlora_dtype dtype, int64_t i, __m512 & v0, __m512 & v1) {
+    if (dtype == QLORA_DTYPE_F32) {
+        const float * p = static_cast<const float *>(x) + i;
+        v0 = _mm512_loadu_ps(p);
+        v1 = _mm512_loadu_ps(p + 16);
+    } else {
+        const uint16_t * p = static_cast<const uint16_t *>(x) + i;
+        const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+        const __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 16)));
+        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+        v1 = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+    }
+}
+
+inline __m512i idx_evens() {
+    return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+inline __m512i idx_odds() { return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31); }
+
+// ---------------------------------------------------------------------------
+// Matvec (M <= 8), fast mode. x is fp32, permuted like the decoder's output.
+
+template <int MR, int NR>
+void mv_fwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n) {
+    const int64_t K = a.K, chunks = K / 32;
+    const __m512 code = _mm512_loadu_ps(w.code);
+    __m512 accH[MR][NR], accL[MR][NR];
+    for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; ++i) {
+            const int64_t g = (n + i) * K + 32 * c;
+            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
+            __m512 H, L;
+            decode32(w.packed, g, code, w.scale(g >> w.log2b), H, L);
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; ++m) {
+                const float * x = xf + m * K + 32 * c;
+                accH[m][i] = _mm512_fmadd_ps(H, _mm512_load_ps(x), accH[m][i]);
+                accL[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), accL[m][i]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < NR; ++i) store_one(a, m, n + i, _mm512_reduce_add_ps(_mm512_add_ps(accH[m][i], accL[m][i])));
+}
+
+template <int MR>
+void mv_fwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
+    constexpr int NR = MR == 1 ? 4 : MR == 2 ? 4 : MR == 3 ? 4 : MR == 4 ? 3 : MR <= 6 ? 2 : 1;
+    int64_t n = n0;
+    for (; n + NR <= n1; n += NR) mv_fwd_rows<MR, NR>(a, w, xf, n);
+    for (; n < n1; ++n) mv_fwd_rows<MR, 1>(a, w, xf, n);
+}
+
+void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
+    switch (a.M) {
+        case 1: return mv_fwd_range<1>(a, w, xf, n0, n1);
+        case 2: return mv_fwd_range<2>(a, w, xf, n0, n1);
+        case 3: return mv_fwd_range<3>(a, w, xf, n0, n1);
+        case 4: return mv_fwd_range<4>(a, w, xf, n0, n1);
+        case 5: return mv_fwd_range<5>(a, w, xf, n0, n1);
+        case 6: return mv_fwd_range<6>(a, w, xf, n0, n1);
+        case 7: return mv_fwd_range<7>(a, w, xf, n0, n1);
+        default: return mv_fwd_range<8>(a, w, xf, n0, n1);
+    }
+}
+
+// Backward: acc[m][p] over cols [k0, k1) (lanes permuted per 32-chunk), rows of
+// W streamed NR at a time; every element is one FMA chain in row order.
+template <int MR, int NR>
+void mv_bwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n, int64_t k0, int64_t kv,
+                 float * acc) {
+    const __m512 code = _mm512_loadu_ps(w.code);
+    for (int64_t c = 0; c < kv; c += 32) {
+        __m512 H[NR], L[NR];
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; ++i) {
+            const int64_t g = (n + i) * a.K + k0 + c;
+            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
+            decode32(w.packed, g, code, w.scale(g >> w.log2b), H[i], L[i]);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; ++m) {
+            float * p = acc + m * kv + c;
+            __m512 h = _mm512_load_ps(p), l = _mm512_load_ps(p + 16);
+            for (int i = 0; i < NR; ++i) {
+                const __m512 xv = _mm512_set1_ps(xf[m * a.N + n + i]);
+                h = _mm512_fmadd_ps(H[i], xv, h);
+                l = _mm512_fmadd_ps(L[i], xv, l);
+            }
+            _mm512_store_ps(p, h);
+            _mm512_store_ps(p + 16, l);
+        }
+    }
+}
+
+template <int MR>
+void mv_bwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1, float * acc) {
+    const int64_t kv = k1 - k0;
+    std::memset(acc, 0, sizeof(float) * static_cast<size_t>(MR * kv));
+    constexpr int NR = 4;
+    int64_t n = 0;
+    for (; n + NR <= a.N; n += NR) mv_bwd_rows<MR, NR>(a, w, xf, n, k0, kv, acc);
+    for (; n < a.N; ++n) mv_bwd_rows<MR, 1>(a, w, xf, n, k0, kv, acc);
+    store_rows(a, acc, kv, 0, MR, k0, static_cast<int>(kv), true, perm32);
+}
+
+void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1, float * acc) {
+    switch (a.M) {
+        case 1: return mv_bwd_range<1>(a, w, xf, k0, k1, acc);
+        case 2: return mv_bwd_range<2>(a, w, xf, k0, k1, acc);
+        case 3: return mv_bwd_range<3>(a, w, xf, k0, k1, acc);
+        case 4: return mv_bwd_range<4>(a, w, xf, k0, k1, acc);
+        case 5: return mv_bwd_range<5>(a, w, xf, k0, k1, acc);
+        case 6: return mv_bwd_range<6>(a, w, xf, k0, k1, acc);
+        case 7: return mv_bwd_range<7>(a, w, xf, k0, k1, acc);
+        default: return mv_bwd_range<8>(a, w, xf, k0, k1, acc);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// fp32 tiles: Bp [KC][32] floats, Sp [rows][KC] floats, C tile 12 x 32.
+
+struct OpsF32 : OpsBase<float> {
+    static constexpr bool kFast = true;
+    static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 256;
+    static int perm(int p) { return perm32(p); }
+
+    // Bp[r][l] = W[n0 + l, k0 + perm(r)] (l < nv, else 0); kc % 32 == 0.
+    static void pack_w_fwd_fast(const WView & w, int64_t n0, int nv, int64_t k0, int kc, float * Bp) {
+        const __m512 code = _mm512_loadu_ps(w.code);
+        alignas(64) float tile[2][16 * 16];
+        for (int g = 0; g < 2; ++g) {
+            if (16 * g >= nv) {
+                for (int r = 0; r < kc; ++r) _mm512_store_ps(Bp + r * 32 + 16 * g, _mm512_setzero_ps());
+                continue;
+            }
+            for (int c = 0; c < kc; c += 32) {
+                for (int i = 0; i < 16; ++i) {
+                    __m512 H = _mm512_setzero_ps(), L = _mm512_setzero_ps();
+                    if (16 * g + i < nv) {
+                        const int64_t gi = (n0 + 16 * g + i) * w.K + k0 + c;
+                        decode32(w.packed, gi, code, w.scale(gi >> w.log2b), H, L);
+                    }
+                    _mm512_store_ps(tile[0] + 16 * i, H);
+                    _mm512_store_ps(tile[1] + 16 * i, L);
+                }
+                transpose_store(tile[0], Bp + c * 32 + 16 * g, 32);
+                transpose_store(tile[1], Bp + (c + 16) * 32 + 16 * g, 32);
+            }
+        }
+    }
+
+    // Bp[r][p] = W[n0 + r, k0 + perm(p)], r < nr.
+    static void pack_w_bwd_fast(const WView & w, int64_t n0, int nr, int64_t k0, float * Bp) {
+        const __m512 code = _mm512_loadu_ps(w.code);
+        for (int r = 0; r < nr; ++r) {
+            const int64_t g = (n0 + r) * w.K + k0;
+            __m512 H, L;
+            decode32(w.packed, g, code, w.scale(g >> w.log2b), H, L);
+            _mm512_store_ps(Bp + 32 * r, H);
+            _mm512_store_ps(Bp + 32 * r + 16, L);
+        }
+    }
+
+    // Sp[m][p] = x[m0 + m, r0 + perm(p)]; kc % 32 == 0.
+    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
+        const __m512i ie = idx_evens(), io = idx_odds();
+        for (int m = 0; m < mc; ++m) {
+            float * row = Sp + static_cast<int64_t>(m) * sps;
+            for (int c = 0; c < kc; c += 32) {
+                __m512 v0, v1;
+                load32(a.x, a.x_dtype, (m0 + m) * a.ldx + r0 + c, v0, v1);
+                _mm512_store_ps(row + c, _mm512_permutex2var_ps(v0, ie, v1));
+                _mm512_store_ps(row + c + 16, _mm512_permutex2var_ps(v0, io, v1));
+            }
+        }
+    }
+
+    template <int R>
+    static void kernel(const float * Bp, const float * Sp, int steps, float * C, int64_t ldc, bool first) {
+        __m512 c0[R], c1[R];
+        if (first) {
+            for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
+        } else {
+            for (int j = 0; j < R; ++j) {
+                c0[j] = _mm512_load_ps(C + j * ldc);
+                c1[j] = _mm512_load_ps(C + j * ldc + 16);
+            }
+        }
+        for (int r = 0; r < steps; ++r) {
+            const __m512 b0 = _mm512_load_ps(Bp + 32 * r), b1 = _mm512_load_ps(Bp + 32 * r + 16);
+#pragma GCC unroll 12
+            for (int j = 0; j < R; ++j) {
+                const __m512 s = _mm512_set1_ps(Sp[j * kKC + r]);
+                c0[j] = _mm512_fmadd_ps(b0, s, c0[j]);
+                c1[j] = _mm512_fmadd_ps(b1, s, c1[j]);
+            }
+        }
+        for (int j = 0; j < R; ++j) {
+            _mm512_store_ps(C + j * ldc, c0[j]);
+            _mm512_store_ps(C + j * ldc + 16, c1[j]);
+        }
+    }
+
+    static void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
+        avx512::matvec_fwd_fast(a, w, xf, n0, n1);
+    }
+    static void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1,
+                                float * acc) {
+        avx512::matvec_bwd_fast(a, w, xf, k0, k1, acc);
+    }
+};
+
+// ---------------------------------------------------------------------------
+// bf16 tiles (BF16 x): Bp [KC/2][32] dwords, each a bf16 pair along the
+// reduction; Sp [rows][KC/2] dwords; C tile 12 x 32 fp32; vdpbf16ps.
+
+inline __m512i bf16_pairs(__m512 hi_half, __m512 lo_half) { // words [lo_half | hi_half]
+    return (__m512i)_mm512_cvtne2ps_pbh(hi_half, lo_half);
+}
+
+struct OpsBF16 : OpsBase<uint32_t> {
+    static constexpr bool kFast = true;
+    static constexpr int  kLanes = 32, kRows = 12, kKC = 512, kMC = 288, kNC = 256;
+    static int perm(int p) { return perm32(p); }
+
+    // Word position p of a 32-chunk holds element perm(p) (evens, then odds),
+    // so dword d pairs perm(2d) and perm(2d + 1); x is packed the same way.
+    static void pack_w_fwd_fast(const WView & w, int64_t n0, int nv, int64_t k0, int kc, uint32_t * Bp) {
+        const __m512 code = _mm512_loadu_ps(w.code);
+        alignas(64) float tile[16 * 16];
+        float * out = reinterpret_cast<float *>(Bp);
+        for (int g = 0; g < 2; ++g) {
+            if (16 * g >= nv) {
+                for (int r = 0; r < kc / 2; ++r) _mm512_store_ps(out + r * 32 + 16 * g, _mm512_setzero_ps());
+                continue;
+            }
+            for (int c = 0; c < kc; c += 32) {
+                for (int i = 0; i < 16; ++i) {
+                    __m512i d = _mm512_setzero_si512();
+                    if (16 * g + i < nv) {
+                        const int64_t gi = (n0 + 16 * g + i) * w.K + k0 + c;
+                        __m512 H, L;
+                        decode32(w.packed, gi, code, w.scale(gi >> w.log2b), H, L);
+                        d = bf16_pairs(L, H);
+                    }
+                    _mm512_store_si512(tile + 16 * i, d);
+                }
+                transpose_store(tile, out + (c / 2) * 32 + 16 * g, 32);
+            }
+        }
+    }
+
+    // Bp[r2][p] = (W[n0 + 2 r2, k0 + perm(p)], W[n0 + 2 r2 + 1, k0 + perm(p)]).
+    static void pack_w_bwd_fast(const WView & w, int64_t n0, int nr, int64_t k0, uint32_t * Bp) {
+        const __m512 code = _mm512_loadu_ps(w.code);
+        const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                               22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        for (int r = 0; r < nr; r += 2) {
+            __m512 H0, L0, H1 = _mm512_setzero_ps(), L1 = _mm512_setzero_ps();
+            const int64_t g0 = (n0 + r) * w.K + k0;
+            decode32(w.packed, g0, code, w.scale(g0 >> w.log2b), H0, L0);
+            if (r + 1 < nr) {
+                const int64_t g1 = g0 + w.K;
+                decode32(w.packed, g1, code, w.scale(g1 >> w.log2b), H1, L1);
+            }
+            uint32_t * dst = Bp + 16 * r; // row r / 2 of 32 dwords
+            _mm512_store_si512(dst, _mm512_permutexvar_epi16(inter, bf16_pairs(H1, H0)));
+            _mm512_store_si512(dst + 16, _mm512_permutexvar_epi16(inter, bf16_pairs(L1, L0)));
+        }
+    }
+
+    // Sp[m][d] = (x[.., r0 + perm(2d)], x[.., r0 + perm(2d + 1)]) within each chunk.
+    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, uint32_t * Sp, int sps) {
+        const __m512i eo = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 30, 28, 26, 24,
+                                            22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        for (int m = 0; m < mc; ++m) {
+            uint32_t * row = Sp + static_cast<int64_t>(m) * sps;
+            const uint16_t * x = static_cast<const uint16_t *>(a.x) + (m0 + m) * a.ldx + r0;
+            for (int c = 0; c < kc; c += 32)
+                _mm512_store_si512(row + c / 2, _mm512_permutexvar_epi16(eo, _mm512_loadu_si512(x + c)));
+        }
+    }
+
+    template <int R>
+    static void kernel(const uint32_t * Bp, const uint32_t * Sp, int steps, float * C, int64_t ldc, bool first) {
+        constexpr int SPS = kKC / 2;
+        __m512 c0[R], c1[R];
+        if (first) {
+            for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
+        } else {
+            for (int j = 0; j < R; ++j) {
+                c0[j] = _mm512_load_ps(C + j * ldc);
+                c1[j] = _mm512_load_ps(C + j * ldc + 16);
+            }
+        }
+        for (int r = 0; r < steps; ++r) {
+            const __m512bh b0 = (__m512bh)(_mm512_load_si512(Bp + 32 * r));
+            const __m512bh b1 = (__m512bh)(_mm512_load_si512(Bp + 32 * r + 16));
+#pragma GCC unroll 12
+            for (int j = 0; j < R; ++j) {
+                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(Sp[j * SPS + r])));
+                c0[j] = _mm512_dpbf16_ps(c0[j], b0, s);
+                c1[j] = _mm512_dpbf16_ps(c1[j], b1, s);
+            }
+        }
+        for (int j = 0; j < R; ++j) {
+            _mm512_store_ps(C + j * ldc, c0[j]);
+            _mm512_store_ps(C + j * ldc + 16, c1[j]);
+        }
+    }
+
+    // M <= 8 runs the fp32 matvec (W decoded to exact fp32 in registers).
+    static void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
+        avx512::matvec_fwd_fast(a, w, xf, n0, n1);
+    }
+    static void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1,
+                                float * acc) {
+        avx512::matvec_bwd_fast(a, w, xf, k0, k1, acc);
+    }
+};
+
+} // namespace
+} // namespace avx512
+
+void q4_matmul_avx512(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsF32>(ctx, a); }
+void q4_matmul_avx512_bf16(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsBF16>(ctx, a); }
+
+} // namespace qlora::cpu
