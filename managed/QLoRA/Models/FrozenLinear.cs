@@ -163,7 +163,7 @@ public sealed class Q4MatmulFunction : autograd.SingleTensorFunction<Q4MatmulFun
     }
 
     /// <summary>y[..., outCols] = op(x[..., inCols], W), on x's memory where its layout allows (else on a contiguous copy).</summary>
-    internal static unsafe Tensor Run(QLoraContext context, Tensor x, Q4Tensor w, QLoraMatmulOp op, long inCols, long outCols)
+    public static unsafe Tensor Run(QLoraContext context, Tensor x, Q4Tensor w, QLoraMatmulOp op, long inCols, long outCols)
     {
         if (x.device_type != DeviceType.CPU)
             throw new NotSupportedException($"Linear4bit runs on CPU tensors here; got a {x.device_type} tensor");
