@@ -185,6 +185,9 @@ public sealed class Q4MatmulFunction : autograd.SingleTensorFunction<Q4MatmulFun
             QLoraView yv = TensorViews.RowView(y);
             QLoraMatmulParams p = NativeMethods.qlora_matmul_default_params();
             p.Op = op;
+            // Small products (decode steps of small models) skip the thread pool's wake-up.
+            if (ReferenceEquals(context, NativeRuntime.Context) && rows * inCols * outCols < NativeRuntime.SingleThreadWork)
+                context = NativeRuntime.SingleThreadContext;
             lock (NativeRuntime.Gate)
             {
                 using var c = context.Handle.Lease();
