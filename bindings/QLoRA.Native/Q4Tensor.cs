@@ -156,6 +156,7 @@ public sealed unsafe class Q4Tensor : IDisposable
 {
     private readonly QLoraQ4TensorSafeHandle _handle;
     private readonly QLoraQ4Parts _parts;
+    private volatile bool _disposed;
 
     private Q4Tensor(QLoraQ4TensorSafeHandle handle)
     {
@@ -254,7 +255,7 @@ public sealed unsafe class Q4Tensor : IDisposable
             throw new ArgumentException($"destination has {length} elements but the tensor is [{Rows}, {Cols}] = {Info.ElementCount}", "destination");
         QLoraView view = Views.Host(data, dtype, Rows, Cols);
         using HandleLease<QLoraContextHandle> ctx = context.Handle.Lease();
-        using HandleLease<QLoraQ4TensorHandle> self = _handle.Lease();
+        using HandleLease<QLoraQ4TensorHandle> self = Lease();
         QLoraException.ThrowIfFailed(NativeMethods.qlora_q4_dequantize(ctx.Value, self.Value, &view));
     }
 
@@ -370,14 +371,19 @@ public sealed unsafe class Q4Tensor : IDisposable
     }
 
     /// <summary>Frees the native tensor (deferred while a lease or a native call holds it).</summary>
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        _disposed = true;
+        _handle.Dispose();
+    }
 
     /// <inheritdoc/>
     public override string ToString() => $"Q4Tensor([{Rows}, {Cols}], {Info.Params.QuantType}, block {Info.Params.BlockSize}{(Info.Params.DoubleQuant ? ", DQ" : "")})";
 
+    // Throws once Dispose was called, even while an earlier lease still keeps the storage alive.
     private HandleLease<QLoraQ4TensorHandle> Lease()
     {
-        ObjectDisposedException.ThrowIf(_handle.IsClosed, this);
+        ObjectDisposedException.ThrowIf(_disposed, this);
         return _handle.Lease();
     }
 

@@ -131,6 +131,8 @@ public static class QLoraNativeLibrary
         {
             string origin = s_path is not null ? "QLoraNativeLibrary.Configure(path)" : PathVariable;
             string full = Path.GetFullPath(explicitPath);
+            if (!Directory.Exists(full) && !File.Exists(full))
+                throw new DllNotFoundException(Message(build, rid, $"{origin} is set to {explicitPath}, which does not exist", log));
             IEnumerable<(string, QLoraNativeBuild)> files = Directory.Exists(full)
                 ? builds.Select(b => (Path.Combine(full, FileName(BaseName(b))), b))
                 : [(full, Path.GetFileName(full).Contains("cuda", StringComparison.OrdinalIgnoreCase) ? QLoraNativeBuild.Cuda : QLoraNativeBuild.Cpu)];
