@@ -72,6 +72,7 @@ public sealed class BindingGenTests
             typedef enum qlora_mode { QLORA_MODE_FAST = 1, QLORA_MODE_SLOW = -3, QLORA_MODE_4BIT } qlora_mode;
             enum { QLORA_ANON_LIMIT = 9 };
             #define QLORA_BIG 0x100000000
+            #define QLORA_OCTAL 010
             #define QLORA_NOT_A_NUMBER "text"
             typedef struct qlora_shape {
                 int64_t      dims[4];    /* sizes */
@@ -108,7 +109,8 @@ public sealed class BindingGenTests
             Assert.That(enums, Does.Contain("public enum QLoraMode : int"));
             Assert.That(enums, Does.Contain("ModeFast = 1,").And.Contain("ModeSlow = -3,").And.Contain("Mode4bit = -2,"),
                 "the prefix QLORA_MODE_ would leave a name starting with a digit, so only QLORA_ is dropped");
-            Assert.That(constants, Does.Contain("public const int AnonLimit = 9;").And.Contain("public const long Big = 4294967296;"));
+            Assert.That(constants, Does.Contain("public const int AnonLimit = 9;").And.Contain("public const long Big = 4294967296;")
+                                                   .And.Contain("public const int Octal = 8;"));
             Assert.That(constants, Does.Not.Contain("NotANumber"));
             Assert.That(handles, Does.Contain("public readonly record struct QLoraThingHandle(nint Value)"));
             Assert.That(handles, Does.Contain("public sealed partial class QLoraThingSafeHandle : QLoraSafeHandle"));
