@@ -145,8 +145,9 @@ public static class QLoraNativeLibrary
         foreach (string? root in new[] { AppContext.BaseDirectory, Path.GetDirectoryName(assembly.Location) })
         {
             if (string.IsNullOrEmpty(root)) continue;
-            dirs.Add(Path.Combine(root, "runtimes", rid, "native"));
-            dirs.Add(root);
+            string dir = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
+            dirs.Add(Path.Combine(dir, "runtimes", rid, "native"));
+            dirs.Add(dir);
         }
         foreach (QLoraNativeBuild b in builds)
         {
