@@ -7,6 +7,7 @@
 // unsorted one.
 #include "core/buffer.hpp"
 #include "core/half.hpp"
+#include "cpu/quant_simd.hpp"
 #include "quant/tables.hpp"
 #include "test_util.hpp"
 
@@ -274,6 +275,60 @@ TEST(Q4Special, DenormalCodeTableMatchesRef) {
             SCOPED_TRACE(bc.name);
             auto ctx = make_context(bc.backend, bc.isa, bc.threads);
             EXPECT_EQ(dequantize(ctx.get(), t.get(), out, 8, 64), want) << "dtype " << out;
+        }
+    }
+}
+
+// ---- the vector coders on normalised values ---------------------------------------
+
+TEST(Q4Coders, Nf4BucketsHoldAtMostOneThreshold) {
+    const auto & b = qlora::cpu::nf4_buckets();
+    EXPECT_LE(b.most, 1);
+    EXPECT_EQ(b.base[0], 0);
+    EXPECT_EQ(b.base[31] + (std::isinf(b.cand[31]) ? 0 : 1), 15);
+    for (int j = 1; j < 32; ++j) EXPECT_GE(b.base[j], b.base[j - 1]);
+}
+
+// Blocks whose absmax is 1 (so x / absmax = x exactly) filled with a dense
+// sweep of [-1, 1] plus every bucket edge of the NF4 coder, every threshold
+// and FP4 literal, and the Int4 half steps, each with 8 fp32 neighbours either
+// side. (An exhaustive run over every fp32 in [-1, 1] matched too; it takes
+// minutes, so it is not part of the suite.)
+TEST(Q4Coders, DenseSweepMatchesRef) {
+    std::vector<float> centres;
+    for (int j = 0; j <= 32; ++j) centres.push_back(static_cast<float>(j) / 16.0f - 1.0f);
+    for (int i = 0; i < 15; ++i) centres.push_back(qlora::nf4_thresholds()[i]);
+    for (float t : qlora::kFP4Thresholds) centres.insert(centres.end(), {t, -t});
+    for (int k = -8; k <= 7; ++k) centres.push_back((static_cast<float>(k) + 0.5f) / 7.0f);
+    std::vector<float> v;
+    for (float c : centres) {
+        float lo = c, hi = c;
+        v.push_back(c);
+        for (int k = 0; k < 8; ++k) {
+            lo = std::nextafter(lo, -2.0f);
+            hi = std::nextafter(hi, 2.0f);
+            v.insert(v.end(), {lo, hi});
+        }
+    }
+    for (int i = 0; i <= 400000; ++i) v.push_back(-1.0f + 2.0f * static_cast<float>(i) / 400000.0f);
+    std::vector<float> x;
+    for (size_t i = 0; i < v.size(); i += 63) {
+        x.push_back(1.0f);
+        for (size_t k = i; k < std::min(v.size(), i + 63); ++k) x.push_back(std::clamp(v[k], -1.0f, 1.0f));
+        while (x.size() % 64) x.push_back(0.0f);
+    }
+    const int64_t n = static_cast<int64_t>(x.size());
+    auto ref_ctx = make_context(QLORA_BACKEND_REF);
+    for (qlora_quant_type type : kQuantTypes) {
+        qlora_quant_params p = qlora_quant_default_params();
+        p.quant_type = type;
+        p.double_quant = 0;
+        auto want = quantize(ref_ctx.get(), x.data(), QLORA_DTYPE_F32, 1, n, p);
+        for (const auto & bc : available_backends()) {
+            SCOPED_TRACE(bc.name + " type " + std::to_string(type));
+            auto ctx = make_context(bc.backend, bc.isa, bc.threads);
+            auto got = quantize(ctx.get(), x.data(), QLORA_DTYPE_F32, 1, n, p);
+            EXPECT_TRUE(parts_of(got.get()) == parts_of(want.get()));
         }
     }
 }

@@ -127,18 +127,13 @@ inline bool block_absmax(const void * p, int64_t n, float & absmax) {
 // ---- 4-bit codes of 16 normalised values -----------------------------------
 
 struct CodeTables {
-    // NF4: a 4-level binary search over the 15 thresholds; nf4[l][c] is the
-    // threshold compared at level l when the code so far is c.
-    alignas(64) float nf4[3][16];
-    // FP4: the same over bitsandbytes' 7 literals on |x|, then the code map.
+    // FP4: bitsandbytes' decision tree as a 3-level binary search over its 7
+    // literals on |x|; fp4[l][c] is the literal compared at level l + 1 when
+    // the count so far is c; then the count's code.
     alignas(64) float fp4[2][16];
     alignas(64) int32_t fp4_code[16];
     CodeTables() {
-        const float * t = nf4_thresholds();
         for (int c = 0; c < 16; ++c) {
-            nf4[0][c] = t[(c & 8) + 3];
-            nf4[1][c] = t[(c & 12) + 1];
-            nf4[2][c] = t[std::min(c & 14, 14)];
             fp4[0][c] = kFP4Thresholds[(c & 4) + 1];
             fp4[1][c] = kFP4Thresholds[c & 6];
             fp4_code[c] = kFP4CodeOfCount[c & 7];
@@ -147,37 +142,56 @@ struct CodeTables {
 };
 const CodeTables kTables;
 
+// Codes of 16 normalised values; the tables live in registers for a whole kernel call.
 template <qlora_quant_type T>
-inline __m512i codes16(__m512 x) {
-    if constexpr (T == QLORA_QUANT_NF4) {
-        // code = #{thresholds < x}: bit 3, then bits 2, 1, 0 by table lookup.
-        __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_set1_ps(nf4_thresholds()[7]), _CMP_GT_OQ);
-        __m512i c = _mm512_maskz_mov_epi32(m, _mm512_set1_epi32(8));
-        m = _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.nf4[0])), _CMP_GT_OQ);
-        c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(4));
-        m = _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.nf4[1])), _CMP_GT_OQ);
-        c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(2));
-        m = _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.nf4[2])), _CMP_GT_OQ);
-        return _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(1));
-    } else if constexpr (T == QLORA_QUANT_FP4) {
+struct Coder;
+
+template <>
+struct Coder<QLORA_QUANT_NF4> {
+    // one threshold compare per value: see Nf4Buckets
+    const __m512 cand_lo = _mm512_load_ps(nf4_buckets().cand), cand_hi = _mm512_load_ps(nf4_buckets().cand + 16);
+    const __m512i base_lo = _mm512_load_si512(nf4_buckets().base), base_hi = _mm512_load_si512(nf4_buckets().base + 16);
+    __m512i operator()(__m512 x) const {
+        // an approximate bucket is fine (the buckets overlap by the margin): FMA on purpose
+        __m512 y = _mm512_fmadd_ps(x, _mm512_set1_ps(16.0f), _mm512_set1_ps(16.0f));
+        y = _mm512_min_ps(_mm512_max_ps(y, _mm512_setzero_ps()), _mm512_set1_ps(31.5f)); // NaN -> 0
+        const __m512i j = _mm512_cvttps_epi32(y);
+        const __m512 cand = _mm512_permutex2var_ps(cand_lo, j, cand_hi);
+        const __m512i base = _mm512_permutex2var_epi32(base_lo, j, base_hi);
+        const __mmask16 up = _mm512_cmp_ps_mask(x, cand, _CMP_GT_OQ);
+        return _mm512_mask_add_epi32(base, up, base, _mm512_set1_epi32(1));
+    }
+};
+
+template <>
+struct Coder<QLORA_QUANT_FP4> {
+    const __m512 t3 = _mm512_set1_ps(kFP4Thresholds[3]), l1 = _mm512_load_ps(kTables.fp4[0]),
+                 l2 = _mm512_load_ps(kTables.fp4[1]);
+    const __m512i code = _mm512_load_si512(kTables.fp4_code);
+    __m512i operator()(__m512 x) const {
         const __m512 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
-        __mmask16 m = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kFP4Thresholds[3]), _CMP_GT_OQ);
+        __mmask16 m = _mm512_cmp_ps_mask(a, t3, _CMP_GT_OQ);
         __m512i c = _mm512_maskz_mov_epi32(m, _mm512_set1_epi32(4));
-        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.fp4[0])), _CMP_GT_OQ);
+        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, l1), _CMP_GT_OQ);
         c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(2));
-        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.fp4[1])), _CMP_GT_OQ);
+        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, l2), _CMP_GT_OQ);
         c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(1));
-        c = _mm512_permutexvar_epi32(c, _mm512_load_si512(kTables.fp4_code));
+        c = _mm512_permutexvar_epi32(c, code);
         const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
         return _mm512_mask_or_epi32(c, neg, c, _mm512_set1_epi32(8));
-    } else {
-        // max/min return their second operand for NaN, like quantize_int4.
+    }
+};
+
+template <>
+struct Coder<QLORA_QUANT_INT4> {
+    __m512i operator()(__m512 x) const {
+        // max/min return their second operand for NaN, like quantize_int4
         __m512 r = _mm512_mul_ps(x, _mm512_set1_ps(7.0f));
         r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-7.0f)), _mm512_set1_ps(7.0f));
         r = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         return _mm512_add_epi32(_mm512_cvttps_epi32(r), _mm512_set1_epi32(8));
     }
-}
+};
 
 // Even and odd elements of 32 consecutive values at p, as f32.
 template <qlora_dtype D>
@@ -204,6 +218,7 @@ inline void load_pairs(const void * p, __m512 & even, __m512 & odd) {
 template <qlora_quant_type T, qlora_dtype D>
 bool q4_quantize_t(const void * x, int32_t bs, int64_t b0, int64_t b1, float * absmax, uint8_t * packed) {
     const char * base = static_cast<const char *>(x);
+    const Coder<T> code;
     bool finite = true;
     for (int64_t b = b0; b < b1; ++b) {
         const void * p = base + b * bs * esize<D>();
@@ -215,7 +230,7 @@ bool q4_quantize_t(const void * x, int32_t bs, int64_t b0, int64_t b1, float * a
         for (int64_t i = 0; i < bs; i += 32) {
             __m512 e, o;
             load_pairs<D>(static_cast<const char *>(p) + i * esize<D>(), e, o);
-            const __m512i ce = codes16<T>(_mm512_mul_ps(e, inv)), co = codes16<T>(_mm512_mul_ps(o, inv));
+            const __m512i ce = code(_mm512_mul_ps(e, inv)), co = code(_mm512_mul_ps(o, inv));
             const __m512i bytes = _mm512_or_si512(_mm512_slli_epi32(ce, 4), co); // high nibble = even element
             _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i / 2), _mm512_cvtepi32_epi8(bytes));
         }

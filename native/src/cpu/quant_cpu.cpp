@@ -10,6 +10,7 @@
 #include "quant/tables.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -25,6 +26,29 @@ bool make_q8_search(const float * code, Q8Search & out) {
     for (int j = 0; j < 255; ++j) out.mid[j] = (code[j + 1] + code[j]) * 0.5f;
     out.mid[255] = 0.0f;
     return true;
+}
+
+const Nf4Buckets & nf4_buckets() {
+    static const Nf4Buckets table = [] {
+        Nf4Buckets b;
+        const float * t = nf4_thresholds();
+        const double margin = 1e-3 / 16; // 1/1000 of a bucket; fp32 rounding of x * 16 + 16 is < 2^-18 of one
+        for (int j = 0; j < 32; ++j) {
+            const double lo = j == 0 ? -INFINITY : (j / 16.0 - 1.0) - margin;
+            const double hi = j == 31 ? INFINITY : ((j + 1) / 16.0 - 1.0) + margin;
+            int below = 0, inside = 0;
+            float cand = INFINITY;
+            for (int i = 0; i < 15; ++i) {
+                if (t[i] < lo) ++below;
+                else if (t[i] <= hi) { ++inside; cand = t[i]; }
+            }
+            b.cand[j] = cand;
+            b.base[j] = below;
+            b.most = std::max(b.most, inside);
+        }
+        return b;
+    }();
+    return table;
 }
 
 namespace {

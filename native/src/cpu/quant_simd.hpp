@@ -32,6 +32,20 @@ struct Q8Search {
 // derivation above needs it), in which case callers use the scalar search.
 bool make_q8_search(const float * code256, Q8Search & out);
 
+// Bucketed NF4 coder (AVX-512). [-1, 1] is cut into 32 buckets of width
+// 1/16, narrower than the smallest gap between the NF4 thresholds (0.0805),
+// so a bucket widened by a margin far above any fp32 rounding holds at most
+// one threshold. For x in bucket j the code (#thresholds < x) is then
+//   base[j] + (x > cand[j]),
+// with j = trunc(clamp(x * 16 + 16, 0, 31.5)) (NaN -> bucket 0 -> code 0,
+// +-inf -> the end buckets, as the scalar count gives).
+struct Nf4Buckets {
+    alignas(64) float   cand[32]; // the threshold in widened bucket j, or +inf
+    alignas(64) int32_t base[32]; // thresholds below widened bucket j
+    int most = 0;                 // most thresholds in one widened bucket (the scheme needs <= 1)
+};
+const Nf4Buckets & nf4_buckets();
+
 // Where the fp32 scales of double-quantized blocks come from.
 struct DqSource {
     const uint8_t * qabsmax;
