@@ -287,34 +287,41 @@ void dequant_16(const uint8_t * packed, const float * code16, const float * scal
 
 // ---- 8-bit search (see Q8Search) ---------------------------------------------
 
-inline __m256i dquantize8(__m256 x, const Q8Search & s) {
-    __m256i pos = _mm256_setzero_si256();
-    auto step = [&](__m256 c, int s_step) {
-        pos = _mm256_add_epi32(pos, bits_of(_mm256_cmp_ps(x, c, _CMP_GT_OQ), s_step));
+// N x 8 values through each level together (independent dependency chains).
+template <int N>
+inline void dquantize(const __m256 (&x)[N], __m256i (&r)[N], const Q8Search & s) {
+    __m256i pos[N];
+    for (int k = 0; k < N; ++k) pos[k] = _mm256_setzero_si256();
+    auto step = [&](auto lookup, int s_step) {
+        for (int k = 0; k < N; ++k)
+            pos[k] = _mm256_add_epi32(pos[k], bits_of(_mm256_cmp_ps(x[k], lookup(pos[k]), _CMP_GT_OQ), s_step));
     };
-    step(_mm256_set1_ps(s.level[0][0]), 128);
-    step(_mm256_blendv_ps(_mm256_set1_ps(s.level[1][0]), _mm256_set1_ps(s.level[1][1]),
-                          _mm256_castsi256_ps(_mm256_slli_epi32(pos, 24))),
-         64);
-    step(_mm256_permutevar8x32_ps(_mm256_load_ps(s.level[2]), _mm256_srli_epi32(pos, 6)), 32);
-    step(_mm256_permutevar8x32_ps(_mm256_load_ps(s.level[3]), _mm256_srli_epi32(pos, 5)), 16);
-    step(_mm256_i32gather_ps(s.level[4], _mm256_srli_epi32(pos, 4), 4), 8);
-    step(_mm256_i32gather_ps(s.level[5], _mm256_srli_epi32(pos, 3), 4), 4);
-    step(_mm256_i32gather_ps(s.level[6], _mm256_srli_epi32(pos, 2), 4), 2);
-    step(_mm256_i32gather_ps(s.level[7], _mm256_srli_epi32(pos, 1), 4), 1);
-    const __m256i j = _mm256_sub_epi32(pos, _mm256_set1_epi32(1));
-    const __m256 mid = _mm256_i32gather_ps(s.mid, _mm256_max_epi32(j, _mm256_setzero_si256()), 4);
-    const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(pos, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
-    const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(x, mid, _CMP_GT_OQ));
-    const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(x, mid, _CMP_GE_OQ));
-    const __m256i up = _mm256_or_si256(_mm256_and_si256(odd, gt), _mm256_andnot_si256(odd, ge));
-    const __m256i r = _mm256_sub_epi32(j, up); // up is -1 where true
-    return _mm256_andnot_si256(_mm256_cmpeq_epi32(pos, _mm256_setzero_si256()), r);
+    const __m256 l0 = _mm256_set1_ps(s.level[0][0]), l1a = _mm256_set1_ps(s.level[1][0]),
+                 l1b = _mm256_set1_ps(s.level[1][1]), l2 = _mm256_load_ps(s.level[2]), l3 = _mm256_load_ps(s.level[3]);
+    step([&](__m256i) { return l0; }, 128);
+    step([&](__m256i p) { return _mm256_blendv_ps(l1a, l1b, _mm256_castsi256_ps(_mm256_slli_epi32(p, 24))); }, 64);
+    step([&](__m256i p) { return _mm256_permutevar8x32_ps(l2, _mm256_srli_epi32(p, 6)); }, 32);
+    step([&](__m256i p) { return _mm256_permutevar8x32_ps(l3, _mm256_srli_epi32(p, 5)); }, 16);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[4], _mm256_srli_epi32(p, 4), 4); }, 8);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[5], _mm256_srli_epi32(p, 3), 4); }, 4);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[6], _mm256_srli_epi32(p, 2), 4); }, 2);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[7], _mm256_srli_epi32(p, 1), 4); }, 1);
+    for (int k = 0; k < N; ++k) {
+        const __m256i j = _mm256_sub_epi32(pos[k], _mm256_set1_epi32(1));
+        const __m256 mid = _mm256_i32gather_ps(s.mid, _mm256_max_epi32(j, _mm256_setzero_si256()), 4);
+        const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(pos[k], _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
+        const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(x[k], mid, _CMP_GT_OQ));
+        const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(x[k], mid, _CMP_GE_OQ));
+        const __m256i up = _mm256_or_si256(_mm256_and_si256(odd, gt), _mm256_andnot_si256(odd, ge));
+        const __m256i v = _mm256_sub_epi32(j, up); // up is -1 where true
+        r[k] = _mm256_andnot_si256(_mm256_cmpeq_epi32(pos[k], _mm256_setzero_si256()), v);
+    }
 }
 
 template <qlora_dtype D>
 void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, int64_t b1, uint8_t * q,
                    float * absmax) {
+    constexpr int N = 4; // blocks hold >= 32 values
     const char * base = static_cast<const char *>(x);
     for (int64_t b = b0; b < b1; ++b) {
         const char * p = base + b * bs * esize<D>();
@@ -322,9 +329,13 @@ void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, i
         block_absmax<D>(p, bs, m);
         absmax[b] = m;
         const __m256 inv = _mm256_set1_ps(m > 0.0f ? 1.0f / m : 0.0f);
-        for (int64_t i = 0; i < bs; i += 8) {
-            const __m256i r = dquantize8(_mm256_mul_ps(load8<D>(p + i * esize<D>()), inv), s);
-            _mm_storel_epi64(reinterpret_cast<__m128i *>(q + b * bs + i), pack_u8(r));
+        for (int64_t i = 0; i < bs; i += 8 * N) {
+            __m256 xn[N];
+            __m256i r[N];
+            for (int k = 0; k < N; ++k) xn[k] = _mm256_mul_ps(load8<D>(p + (i + 8 * k) * esize<D>()), inv);
+            dquantize<N>(xn, r, s);
+            for (int k = 0; k < N; ++k)
+                _mm_storel_epi64(reinterpret_cast<__m128i *>(q + b * bs + i + 8 * k), pack_u8(r[k]));
         }
     }
 }

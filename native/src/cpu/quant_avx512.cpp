@@ -341,32 +341,42 @@ inline __m512 lut(__m512i idx, const float * t) {
     }
 }
 
-// bitsandbytes' dQuantize of 16 normalised values (see Q8Search).
-inline __m512i dquantize16(__m512 x, const Q8Search & s) {
-    __m512i pos = _mm512_setzero_si512();
-    auto step = [&](__m512 c, int s_step) {
-        const __mmask16 m = _mm512_cmp_ps_mask(x, c, _CMP_GT_OQ);
-        pos = _mm512_mask_add_epi32(pos, m, pos, _mm512_set1_epi32(s_step));
+// bitsandbytes' dQuantize of N x 16 normalised values (see Q8Search). The N
+// vectors go through each search level together: the levels form a long
+// dependency chain, and independent chains side by side keep the units busy.
+template <int N>
+inline void dquantize(const __m512 (&x)[N], __m512i (&r)[N], const Q8Search & s) {
+    __m512i pos[N];
+    for (int k = 0; k < N; ++k) pos[k] = _mm512_setzero_si512();
+    auto step = [&](auto lookup, int shift, int s_step) {
+        for (int k = 0; k < N; ++k) {
+            const __m512 c = lookup(_mm512_srli_epi32(pos[k], shift));
+            const __mmask16 m = _mm512_cmp_ps_mask(x[k], c, _CMP_GT_OQ);
+            pos[k] = _mm512_mask_add_epi32(pos[k], m, pos[k], _mm512_set1_epi32(s_step));
+        }
     };
-    step(_mm512_set1_ps(s.level[0][0]), 128);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 7), _mm512_load_ps(s.level[1])), 64);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 6), _mm512_load_ps(s.level[2])), 32);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 5), _mm512_load_ps(s.level[3])), 16);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 4), _mm512_load_ps(s.level[4])), 8);
-    step(lut32(_mm512_srli_epi32(pos, 3), s.level[5]), 4);
-    step(lut<64>(_mm512_srli_epi32(pos, 2), s.level[6]), 2);
-    step(lut<128>(_mm512_srli_epi32(pos, 1), s.level[7]), 1);
-    // pos = k' in [0, 255]
-    const __m512i j = _mm512_sub_epi32(pos, _mm512_set1_epi32(1));
-    const __m512 mid = lut<256>(j, s.mid);
-    const __mmask16 odd = _mm512_test_epi32_mask(pos, _mm512_set1_epi32(1));
-    const __mmask16 gt = _mm512_cmp_ps_mask(x, mid, _CMP_GT_OQ), ge = _mm512_cmp_ps_mask(x, mid, _CMP_GE_OQ);
-    const __mmask16 up = static_cast<__mmask16>((odd & gt) | (~odd & ge));
-    const __m512i r = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
-    return _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(pos, pos), r);
+    const __m512 l0 = _mm512_set1_ps(s.level[0][0]);
+    step([&](__m512i) { return l0; }, 0, 128);
+    for (int l = 1; l <= 4; ++l) {
+        const __m512 t = _mm512_load_ps(s.level[l]);
+        step([&](__m512i i) { return _mm512_permutexvar_ps(i, t); }, 8 - l, 128 >> l);
+    }
+    step([&](__m512i i) { return lut32(i, s.level[5]); }, 3, 4);
+    step([&](__m512i i) { return lut<64>(i, s.level[6]); }, 2, 2);
+    step([&](__m512i i) { return lut<128>(i, s.level[7]); }, 1, 1);
+    for (int k = 0; k < N; ++k) {
+        // pos = k' in [0, 255]
+        const __m512i j = _mm512_sub_epi32(pos[k], _mm512_set1_epi32(1));
+        const __m512 mid = lut<256>(j, s.mid);
+        const __mmask16 odd = _mm512_test_epi32_mask(pos[k], _mm512_set1_epi32(1));
+        const __mmask16 gt = _mm512_cmp_ps_mask(x[k], mid, _CMP_GT_OQ), ge = _mm512_cmp_ps_mask(x[k], mid, _CMP_GE_OQ);
+        const __mmask16 up = static_cast<__mmask16>((odd & gt) | (~odd & ge));
+        const __m512i v = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
+        r[k] = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(pos[k], pos[k]), v);
+    }
 }
 
-template <qlora_dtype D>
+template <qlora_dtype D, int N>
 void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, int64_t b1, uint8_t * q,
                    float * absmax) {
     const char * base = static_cast<const char *>(x);
@@ -376,11 +386,22 @@ void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, i
         block_absmax<D>(p, bs, m);
         absmax[b] = m;
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 1.0f / m : 0.0f);
-        for (int64_t i = 0; i < bs; i += 16) {
-            const __m512i r = dquantize16(_mm512_mul_ps(load16<D>(p + i * esize<D>()), inv), s);
-            _mm_storeu_si128(reinterpret_cast<__m128i *>(q + b * bs + i), _mm512_cvtepi32_epi8(r));
+        for (int64_t i = 0; i < bs; i += 16 * N) {
+            __m512 xn[N];
+            __m512i r[N];
+            for (int k = 0; k < N; ++k) xn[k] = _mm512_mul_ps(load16<D>(p + (i + 16 * k) * esize<D>()), inv);
+            dquantize<N>(xn, r, s);
+            for (int k = 0; k < N; ++k)
+                _mm_storeu_si128(reinterpret_cast<__m128i *>(q + b * bs + i + 16 * k), _mm512_cvtepi32_epi8(r[k]));
         }
     }
+}
+
+template <qlora_dtype D>
+void q8_quantize_d(const void * x, int32_t bs, const Q8Search & s, int64_t b0, int64_t b1, uint8_t * q,
+                   float * absmax) {
+    if (bs % 64 == 0) q8_quantize_t<D, 4>(x, bs, s, b0, b1, q, absmax);
+    else q8_quantize_t<D, 2>(x, bs, s, b0, b1, q, absmax);
 }
 
 template <qlora_dtype D, bool HW>
@@ -447,9 +468,9 @@ void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales) {
 void q8_quantize(const void * x, qlora_dtype dtype, int32_t bs, const Q8Search & search, int64_t b0, int64_t b1,
                  uint8_t * q, float * absmax) {
     switch (dtype) {
-        case QLORA_DTYPE_F16: q8_quantize_t<QLORA_DTYPE_F16>(x, bs, search, b0, b1, q, absmax); break;
-        case QLORA_DTYPE_BF16: q8_quantize_t<QLORA_DTYPE_BF16>(x, bs, search, b0, b1, q, absmax); break;
-        default: q8_quantize_t<QLORA_DTYPE_F32>(x, bs, search, b0, b1, q, absmax); break;
+        case QLORA_DTYPE_F16: q8_quantize_d<QLORA_DTYPE_F16>(x, bs, search, b0, b1, q, absmax); break;
+        case QLORA_DTYPE_BF16: q8_quantize_d<QLORA_DTYPE_BF16>(x, bs, search, b0, b1, q, absmax); break;
+        default: q8_quantize_d<QLORA_DTYPE_F32>(x, bs, search, b0, b1, q, absmax); break;
     }
 }
 
