@@ -227,18 +227,13 @@ inline void nibbles(const uint8_t * p, __m128i & n0, __m128i & n1) {
     n1 = _mm_unpackhi_epi8(hi, lo);
 }
 
-template <bool Stream>
-inline void store32(void * p, __m256i v) {
-    if constexpr (Stream) _mm256_stream_si256(static_cast<__m256i *>(p), v);
-    else _mm256_storeu_si256(static_cast<__m256i *>(p), v);
-}
+inline void store32(void * p, __m256i v) { _mm256_storeu_si256(static_cast<__m256i *>(p), v); }
 
 inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx) {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
                             _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-template <bool Stream>
 void dequant_f32(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                  int64_t b1, float * out) {
     const __m256 code_lo = _mm256_loadu_ps(code16), code_hi = _mm256_loadu_ps(code16 + 8);
@@ -252,14 +247,13 @@ void dequant_f32(const uint8_t * packed, const float * code16, const float * sca
             nibbles(p + i / 2, n[0], n[1]);
             for (int k = 0; k < 2; ++k) {
                 const __m256i i0 = _mm256_cvtepu8_epi32(n[k]), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(n[k], 8));
-                store32<Stream>(o + i + 16 * k, _mm256_castps_si256(lookup16(tlo, thi, i0)));
-                store32<Stream>(o + i + 16 * k + 8, _mm256_castps_si256(lookup16(tlo, thi, i1)));
+                store32(o + i + 16 * k, _mm256_castps_si256(lookup16(tlo, thi, i0)));
+                store32(o + i + 16 * k + 8, _mm256_castps_si256(lookup16(tlo, thi, i1)));
             }
         }
     }
 }
 
-template <bool Stream>
 void dequant_16(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                 int64_t b1, uint16_t * out, qlora_dtype dtype) {
     const __m256 code_lo = _mm256_loadu_ps(code16), code_hi = _mm256_loadu_ps(code16 + 8);
@@ -279,8 +273,8 @@ void dequant_16(const uint8_t * packed, const float * code16, const float * scal
             const __m256i idx = _mm256_set_m128i(n1, n0);
             const __m256i lob = _mm256_shuffle_epi8(tlo, idx), hib = _mm256_shuffle_epi8(thi, idx);
             const __m256i w0 = _mm256_unpacklo_epi8(lob, hib), w1 = _mm256_unpackhi_epi8(lob, hib);
-            store32<Stream>(o + i, _mm256_permute2x128_si256(w0, w1, 0x20));
-            store32<Stream>(o + i + 16, _mm256_permute2x128_si256(w0, w1, 0x31));
+            store32(o + i, _mm256_permute2x128_si256(w0, w1, 0x20));
+            store32(o + i + 16, _mm256_permute2x128_si256(w0, w1, 0x31));
         }
     }
 }
@@ -352,16 +346,9 @@ bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32
 }
 
 void q4_dequantize(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
-                   int64_t b1, void * out, qlora_dtype dtype, bool stream) {
-    const bool f32 = dtype == QLORA_DTYPE_F32;
-    if (stream) {
-        if (f32) dequant_f32<true>(packed, code16, scales, bs, b0, b1, static_cast<float *>(out));
-        else dequant_16<true>(packed, code16, scales, bs, b0, b1, static_cast<uint16_t *>(out), dtype);
-        _mm_sfence(); // order the non-temporal stores before the pool's completion signal
-    } else {
-        if (f32) dequant_f32<false>(packed, code16, scales, bs, b0, b1, static_cast<float *>(out));
-        else dequant_16<false>(packed, code16, scales, bs, b0, b1, static_cast<uint16_t *>(out), dtype);
-    }
+                   int64_t b1, void * out, qlora_dtype dtype) {
+    if (dtype == QLORA_DTYPE_F32) dequant_f32(packed, code16, scales, bs, b0, b1, static_cast<float *>(out));
+    else dequant_16(packed, code16, scales, bs, b0, b1, static_cast<uint16_t *>(out), dtype);
 }
 
 void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales) {

@@ -253,13 +253,6 @@ bool q4_quantize_d(const void * x, qlora_dtype dtype, int32_t bs, int64_t b0, in
 // products ref computes per element), converted once to the output dtype;
 // each element is then one table lookup by its nibble.
 
-template <bool Stream>
-inline void store64(void * p, __m512i v) {
-    if constexpr (Stream) _mm512_stream_si512(static_cast<__m512i *>(p), v);
-    else _mm512_storeu_si512(p, v);
-}
-
-template <bool Stream>
 void dequant_f32(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                  int64_t b1, float * out) {
     const __m512 code = _mm512_loadu_ps(code16);
@@ -276,8 +269,8 @@ void dequant_f32(const uint8_t * packed, const float * code16, const float * sca
             // vpermps reads only the low 4 bits of each index
             const __m512 v0 = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(s, lo, d), table);
             const __m512 v1 = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(s, hi, d), table);
-            store64<Stream>(o + i, _mm512_castps_si512(v0));
-            store64<Stream>(o + i + 16, _mm512_castps_si512(v1));
+            _mm512_storeu_ps(o + i, v0);
+            _mm512_storeu_ps(o + i + 16, v1);
         }
     }
 }
@@ -285,7 +278,7 @@ void dequant_f32(const uint8_t * packed, const float * code16, const float * sca
 // f16 / bf16 output: a 16-entry table of 16-bit results, duplicated to 32
 // entries so that vpermw (5 index bits) can take the raw byte as the index of
 // the odd element.
-template <qlora_dtype D, bool HW, bool Stream>
+template <qlora_dtype D, bool HW>
 void dequant_16(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                 int64_t b1, uint16_t * out) {
     const __m512 code = _mm512_loadu_ps(code16);
@@ -299,28 +292,8 @@ void dequant_16(const uint8_t * packed, const float * code16, const float * scal
             const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p + i / 2)));
             // word 2j = byte j >> 4, word 2j + 1 = byte j
             const __m512i idx = _mm512_or_si512(_mm512_srli_epi32(d, 4), _mm512_slli_epi32(d, 16));
-            store64<Stream>(o + i, _mm512_permutexvar_epi16(idx, table));
+            _mm512_storeu_si512(o + i, _mm512_permutexvar_epi16(idx, table));
         }
-    }
-}
-
-template <bool Stream>
-void dequant(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0, int64_t b1,
-             void * out, qlora_dtype dtype, bool hw_bf16) {
-    switch (dtype) {
-        case QLORA_DTYPE_F16:
-            dequant_16<QLORA_DTYPE_F16, false, Stream>(packed, code16, scales, bs, b0, b1,
-                                                         static_cast<uint16_t *>(out));
-            break;
-        case QLORA_DTYPE_BF16:
-            if (hw_bf16)
-                dequant_16<QLORA_DTYPE_BF16, true, Stream>(packed, code16, scales, bs, b0, b1,
-                                                            static_cast<uint16_t *>(out));
-            else
-                dequant_16<QLORA_DTYPE_BF16, false, Stream>(packed, code16, scales, bs, b0, b1,
-                                                             static_cast<uint16_t *>(out));
-            break;
-        default: dequant_f32<Stream>(packed, code16, scales, bs, b0, b1, static_cast<float *>(out)); break;
     }
 }
 
@@ -436,12 +409,15 @@ bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32
 }
 
 void q4_dequantize(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
-                   int64_t b1, void * out, qlora_dtype dtype, bool stream, bool hw_bf16) {
-    if (stream) {
-        dequant<true>(packed, code16, scales, bs, b0, b1, out, dtype, hw_bf16);
-        _mm_sfence(); // order the non-temporal stores before the pool's completion signal
-    } else {
-        dequant<false>(packed, code16, scales, bs, b0, b1, out, dtype, hw_bf16);
+                   int64_t b1, void * out, qlora_dtype dtype, bool hw_bf16) {
+    uint16_t * o16 = static_cast<uint16_t *>(out);
+    switch (dtype) {
+        case QLORA_DTYPE_F16: dequant_16<QLORA_DTYPE_F16, false>(packed, code16, scales, bs, b0, b1, o16); break;
+        case QLORA_DTYPE_BF16:
+            if (hw_bf16) dequant_16<QLORA_DTYPE_BF16, true>(packed, code16, scales, bs, b0, b1, o16);
+            else dequant_16<QLORA_DTYPE_BF16, false>(packed, code16, scales, bs, b0, b1, o16);
+            break;
+        default: dequant_f32(packed, code16, scales, bs, b0, b1, static_cast<float *>(out)); break;
     }
 }
 

@@ -73,16 +73,6 @@ Level level_of(const qlora_context & ctx) {
 constexpr int64_t kGrainElements = 16384;
 int64_t grain_blocks(int32_t blocksize) { return std::max<int64_t>(1, kGrainElements / blocksize); }
 
-// Outputs at least this large are written with non-temporal stores: they do
-// not fit the cache anyway, and streaming saves the read-for-ownership of
-// every destination line (what a large memcpy does).
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
-bool use_streaming(const void * out, int64_t bytes) {
-    return bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(out) % 64 == 0;
-}
-
-size_t dtype_bytes(qlora_dtype dtype) { return dtype == QLORA_DTYPE_F32 ? 4 : 2; }
-
 // Portable fused absmax + codes of whole blocks (for the SCALAR level): one
 // pass over the bit patterns for absmax and finiteness, then the reference
 // quantizer on the block (still in L1).
@@ -134,7 +124,6 @@ void q4_dequantize(qlora_context & ctx, const qlora_q4_tensor & t, void * out, q
     const Level lvl = level_of(ctx);
     const Q4Shape s{t.numel(), t.blocksize, t.quant_type};
     const int64_t nb = s.n_blocks(), whole = s.numel / s.blocksize;
-    const bool stream = use_streaming(out, s.numel * static_cast<int64_t>(dtype_bytes(dtype)));
     const DqSource dq{t.qabsmax.data(), t.nested_absmax.data(), t.nested_blocksize, t.nested_code, t.nested_offset};
     // Scales are decoded per chunk of blocks into a small buffer that stays in L1.
     constexpr int64_t kChunk = 512;
@@ -162,11 +151,11 @@ void q4_dequantize(qlora_context & ctx, const qlora_q4_tensor & t, void * out, q
                 switch (lvl) {
 #if defined(QLORA_X86)
                     case Level::Avx2:
-                        avx2::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype, stream);
+                        avx2::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype);
                         break;
                     case Level::Avx512:
                     case Level::Avx512Bf16:
-                        avx512::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype, stream,
+                        avx512::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype,
                                               lvl == Level::Avx512Bf16);
                         break;
 #endif
