@@ -24,14 +24,19 @@ void check_blocksize(int32_t blocksize, const char * name) {
 
 namespace {
 
-void check_quant_type(qlora_quant_type type) {
-    QLORA_CHECK_ARG(type == QLORA_QUANT_NF4 || type == QLORA_QUANT_FP4 || type == QLORA_QUANT_INT4,
-                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(type));
+// Takes the enum's bytes, not its value: a caller across the C ABI can pass
+// any int, and loading an out-of-range value as the C++ enum type is UB.
+void check_quant_type(const qlora_quant_type * type) {
+    int32_t v;
+    static_assert(sizeof(v) == sizeof(*type));
+    std::memcpy(&v, type, sizeof(v));
+    QLORA_CHECK_ARG(v == QLORA_QUANT_NF4 || v == QLORA_QUANT_FP4 || v == QLORA_QUANT_INT4,
+                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(v));
 }
 
 void check_quant_params(const qlora_quant_params * p) {
     QLORA_CHECK_NOT_NULL(p);
-    check_quant_type(p->quant_type);
+    check_quant_type(&p->quant_type);
     check_blocksize(p->blocksize, "blocksize");
     if (p->double_quant) check_blocksize(p->nested_blocksize, "nested_blocksize");
 }
@@ -88,7 +93,7 @@ QLORA_API qlora_quant_params qlora_quant_default_params(void) {
 
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16) {
     return QLORA_GUARD({
-        check_quant_type(quant_type);
+        check_quant_type(&quant_type);
         QLORA_CHECK_NOT_NULL(out16);
         std::memcpy(out16, code_table(quant_type), 16 * sizeof(float));
     });
