@@ -169,8 +169,11 @@ QLORA_API qlora_status qlora_context_get_info(qlora_context_t ctx, qlora_context
 /* ------------------------------------------------------------------------ */
 
 typedef enum qlora_quant_type {
-    QLORA_QUANT_NF4 = 0,
-    QLORA_QUANT_FP4 = 1
+    QLORA_QUANT_NF4  = 0, /* bitsandbytes NormalFloat4 */
+    QLORA_QUANT_FP4  = 1, /* bitsandbytes FP4 (E2M1 variant) */
+    QLORA_QUANT_INT4 = 2  /* symmetric absmax Int4 (the QLoRA paper's baseline): value(i) = (i - 8) / 7,
+                             q = clamp(round_half_even(x / absmax * 7), -7, 7) + 8; it has no
+                             bitsandbytes checkpoint form (docs/quantization.md) */
 } qlora_quant_type;
 
 typedef struct qlora_quant_params {
@@ -238,7 +241,8 @@ QLORA_API qlora_status qlora_q4_get_parts(qlora_q4_tensor_t tensor, qlora_q4_par
 
 QLORA_API void qlora_q4_free(qlora_q4_tensor_t tensor);
 
-/* The 16-entry code table of a quant type, as bitsandbytes defines it. */
+/* The 16-entry code table of a quant type: NF4/FP4 as bitsandbytes defines them,
+ * INT4 as (i - 8) / 7 in fp32. */
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16);
 
 /* ------------------------------------------------------------------------ */
@@ -249,7 +253,7 @@ QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * 
  * total_bits=8): 256 sorted values from -0.9929... to 1.0. */
 QLORA_API qlora_status qlora_q8_dynamic_map(float * out256);
 
-/* Blockwise 8-bit quantization of `src` (F32, any shape, contiguous):
+/* Blockwise 8-bit quantization of `src` (F32, F16 or BF16, any shape, contiguous):
  * absmax[b] = max |x| over block b; q = nearest map entry to x / absmax[b]
  * (bitsandbytes' dQuantize). `q`: U8 with src's element count; `absmax`: F32
  * with ceil(n / blocksize) elements. `code` may be NULL (signed dynamic map)
@@ -257,7 +261,8 @@ QLORA_API qlora_status qlora_q8_dynamic_map(float * out256);
 QLORA_API qlora_status qlora_q8_quantize(qlora_context_t ctx, const qlora_view * src, int32_t blocksize,
                                          const qlora_view * code, const qlora_view * q, const qlora_view * absmax);
 
-/* out = code[q] * absmax[block]; `out` F32 with q's element count. */
+/* out = code[q] * absmax[block] in fp32, then converted to `out`'s dtype
+ * (F32, F16 or BF16; round to nearest even) with q's element count. */
 QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view * q, const qlora_view * absmax,
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out);
 
