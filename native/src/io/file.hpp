@@ -3,26 +3,15 @@
 // QLORA_ERROR_IO and a message holding the path and the errno text.
 #pragma once
 
+#include "core/error.hpp"
 #include "qlora.h"
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <string_view>
 
 namespace qlora::io {
-
-// The integer stored in a C enum that came through the ABI. A caller (C, C#)
-// may pass any int; reading an out-of-range value as the C++ enum type is
-// undefined behaviour, so copy its bytes instead and validate the int.
-template <typename E>
-int32_t raw_enum(const E & e) {
-    static_assert(sizeof(E) == sizeof(int32_t), "C enums crossing the ABI are 32-bit");
-    int32_t v;
-    std::memcpy(&v, &e, sizeof v);
-    return v;
-}
 
 // strerror_r text of an errno value.
 std::string errno_text(int err);

@@ -26,8 +26,8 @@ namespace {
 
 void check_quant_params(const qlora_quant_params * p) {
     QLORA_CHECK_NOT_NULL(p);
-    QLORA_CHECK_ARG(p->quant_type == QLORA_QUANT_NF4 || p->quant_type == QLORA_QUANT_FP4,
-                    "quant_type must be NF4 (0) or FP4 (1), got %d", static_cast<int>(p->quant_type));
+    const int32_t qt = raw_enum(p->quant_type);
+    QLORA_CHECK_ARG(qt == QLORA_QUANT_NF4 || qt == QLORA_QUANT_FP4, "quant_type must be NF4 (0) or FP4 (1), got %d", qt);
     check_blocksize(p->blocksize, "blocksize");
     if (p->double_quant) check_blocksize(p->nested_blocksize, "nested_blocksize");
 }
@@ -83,8 +83,8 @@ QLORA_API qlora_quant_params qlora_quant_default_params(void) {
 
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16) {
     return QLORA_GUARD({
-        QLORA_CHECK_ARG(quant_type == QLORA_QUANT_NF4 || quant_type == QLORA_QUANT_FP4,
-                        "quant_type must be NF4 (0) or FP4 (1), got %d", static_cast<int>(quant_type));
+        const int32_t qt = raw_enum(quant_type);
+        QLORA_CHECK_ARG(qt == QLORA_QUANT_NF4 || qt == QLORA_QUANT_FP4, "quant_type must be NF4 (0) or FP4 (1), got %d", qt);
         QLORA_CHECK_NOT_NULL(out16);
         std::memcpy(out16, code_table(quant_type), 16 * sizeof(float));
     });
@@ -156,8 +156,9 @@ QLORA_API qlora_status qlora_q4_from_parts(qlora_context_t ctx, int64_t rows, in
         QLORA_CHECK_NOT_NULL(out);
         QLORA_CHECK_ARG(rows >= 1 && cols >= 1 && rows <= (INT64_C(1) << 40) / cols,
                         "shape [%lld, %lld] is invalid", static_cast<long long>(rows), static_cast<long long>(cols));
-        QLORA_CHECK_ARG(orig_dtype == QLORA_DTYPE_F32 || orig_dtype == QLORA_DTYPE_F16 || orig_dtype == QLORA_DTYPE_BF16,
-                        "orig_dtype must be F32, F16 or BF16, got %d", static_cast<int>(orig_dtype));
+        const int32_t od = raw_enum(orig_dtype);
+        QLORA_CHECK_ARG(od == QLORA_DTYPE_F32 || od == QLORA_DTYPE_F16 || od == QLORA_DTYPE_BF16,
+                        "orig_dtype must be F32, F16 or BF16, got %d", od);
         QLORA_CHECK_NOT_NULL(parts->packed);
         QLORA_CHECK_NOT_NULL(parts->code);
         auto t = std::make_unique<qlora_q4_tensor>();
