@@ -66,8 +66,9 @@ inline Bytes read_file(const std::string & path) {
 }
 
 inline void append(Bytes & b, const void * p, size_t n) {
-    const auto * c = static_cast<const uint8_t *>(p);
-    b.insert(b.end(), c, c + n);
+    const size_t at = b.size();
+    b.resize(at + n);
+    if (n) std::memcpy(b.data() + at, p, n);
 }
 template <typename T> void append_pod(Bytes & b, T v) { append(b, &v, sizeof v); }
 inline void append(Bytes & b, const std::string & s) { append(b, s.data(), s.size()); }
@@ -78,7 +79,7 @@ inline Bytes st_bytes(const std::string & header, const Bytes & data = {}) {
     Bytes b;
     append_pod<uint64_t>(b, header.size());
     append(b, header);
-    b.insert(b.end(), data.begin(), data.end());
+    append(b, data.data(), data.size());
     return b;
 }
 

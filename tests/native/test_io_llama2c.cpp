@@ -185,10 +185,9 @@ TEST(IoLlama2c, RejectsBadHeadersAndLengths) {
     EXPECT_TRUE(failed_with(with_header({INT32_MAX - 1, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX, INT32_MAX}, 0),
                             QLORA_ERROR_FORMAT, {"describes more than 2^62 bytes of weights; got a 28-byte file"}));
     // Newer export versions are recognised and refused by name.
-    Bytes v1;
-    append_pod<uint32_t>(v1, 0x616b3432);
-    append_pod<int32_t>(v1, 2);
-    v1.resize(256, 0);
+    Bytes v1(256, 0);
+    const uint32_t magic_and_version[2] = {0x616b3432, 2};
+    std::memcpy(v1.data(), magic_and_version, 8);
     write_file(path, v1);
     EXPECT_TRUE(failed_with(open_model(path, m), QLORA_ERROR_UNSUPPORTED,
                             {"this is a llama2.c version-2 export (magic \"ak42\"); only the legacy version-0 format"}));
