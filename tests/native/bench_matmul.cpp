@@ -347,26 +347,34 @@ void BM_Table(benchmark::State & state) {
     std::printf("\n");
 }
 
+// Ours first, MKL after: MKL's OpenMP threads keep spinning for a while after
+// each call, which would steal the 2 cores from whatever runs next.
 int register_all() {
-    for (const Shape & s : kShapes) {
-        const std::string sh = "/K" + std::to_string(s.K) + "/N" + std::to_string(s.N);
-        benchmark::RegisterBenchmark(("Matmul/stream" + sh).c_str(), BM_Stream, s)->UseRealTime()->MinTime(0.3);
-        for (bool fwd : {true, false})
-            for (bool bf16 : {false, true})
-                for (int64_t M : kMs) {
-                    const std::string tag = std::string(fwd ? "/fwd" : "/bwd") + (bf16 ? "/bf16" : "/f32") + "/M" +
-                                            std::to_string(M) + sh;
-                    benchmark::RegisterBenchmark(("Matmul/q4" + tag).c_str(), BM_Q4, s, M, fwd, bf16)
-                        ->UseRealTime()
-                        ->MinTime(0.3);
-                    benchmark::RegisterBenchmark(("Matmul/dense" + tag).c_str(), BM_Dense, s, M, fwd, bf16, false)
-                        ->UseRealTime()
-                        ->MinTime(0.3);
-                    benchmark::RegisterBenchmark(("Matmul/deq_dense" + tag).c_str(), BM_Dense, s, M, fwd, bf16, true)
-                        ->UseRealTime()
-                        ->MinTime(0.3);
-                }
-    }
+    auto each = [](const char * what, auto && reg) {
+        for (const Shape & s : kShapes)
+            for (bool fwd : {true, false})
+                for (bool bf16 : {false, true})
+                    for (int64_t M : kMs) {
+                        const std::string name = std::string("Matmul/") + what + (fwd ? "/fwd" : "/bwd") +
+                                                 (bf16 ? "/bf16" : "/f32") + "/M" + std::to_string(M) + "/K" +
+                                                 std::to_string(s.K) + "/N" + std::to_string(s.N);
+                        reg(name, s, M, fwd, bf16)->UseRealTime()->MinTime(0.3);
+                    }
+    };
+    for (const Shape & s : kShapes)
+        benchmark::RegisterBenchmark(("Matmul/stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N)).c_str(),
+                                     BM_Stream, s)
+            ->UseRealTime()
+            ->MinTime(0.3);
+    each("q4", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16);
+    });
+    each("dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, false);
+    });
+    each("deq_dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, true);
+    });
     benchmark::RegisterBenchmark("Matmul/table", BM_Table)->Iterations(1);
     return 0;
 }

@@ -82,24 +82,46 @@ inline float hsum(__m256 v) {
 // ---------------------------------------------------------------------------
 // Matvec (M <= 8), fast mode; x is fp32, permuted like the decoder's output.
 
+constexpr int kPrefetchBytes = 512;
+
+inline void decode16_codes(const uint8_t * p, const Code & code, __m256 & H, __m256 & L) {
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p)));
+    H = code.lookup(_mm256_srli_epi32(v, 4));
+    L = code.lookup(v);
+}
+
 template <int MR, int NR>
-void mv_fwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n) {
-    const int64_t K = a.K;
+void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n) {
+    const WView w = win;
+    const int64_t K = a.K, nch = K / 32;
     const Code code(w.code);
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K) >> 1);
+    alignas(32) float sc[NR][kSegChunks];
     __m256 accH[MR][NR], accL[MR][NR];
     for (int m = 0; m < MR; ++m)
         for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < K; c += 16) {
-        for (int i = 0; i < NR; ++i) {
-            const int64_t g = (n + i) * K + c;
-            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
-            __m256 H, L;
-            decode16(w.packed, g, code, w.scale(g >> w.log2b), H, L);
-            for (int m = 0; m < MR; ++m) {
-                const float * x = xf + m * K + c;
-                accH[m][i] = _mm256_fmadd_ps(H, _mm256_load_ps(x), accH[m][i]);
-                accL[m][i] = _mm256_fmadd_ps(L, _mm256_load_ps(x + 8), accL[m][i]);
-            }
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
+        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        const float * xs = xf + 32 * s0;
+        for (int c = 0; c < cn; ++c) {
+            if ((c & 3) == 0)
+                for (int i = 0; i < NR; ++i)
+                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+            for (int h = 0; h < 2; ++h) // two 16-element halves of the chunk
+                for (int i = 0; i < NR; ++i) {
+                    __m256 H, L;
+                    decode16_codes(rowp[i] + 16 * (s0 + c) + 8 * h, code, H, L);
+                    const __m256 sv = _mm256_set1_ps(sc[i][c]);
+                    H = _mm256_mul_ps(H, sv);
+                    L = _mm256_mul_ps(L, sv);
+                    for (int m = 0; m < MR; ++m) {
+                        const float * x = xs + m * K + 32 * c + 16 * h;
+                        accH[m][i] = _mm256_fmadd_ps(H, _mm256_load_ps(x), accH[m][i]);
+                        accL[m][i] = _mm256_fmadd_ps(L, _mm256_load_ps(x + 8), accL[m][i]);
+                    }
+                }
         }
     }
     for (int m = 0; m < MR; ++m)
@@ -115,26 +137,41 @@ void mv_fwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64
 }
 
 template <int MR, int NR>
-void mv_bwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n, int64_t k0, int64_t kv,
+void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n, int64_t k0, int64_t kv,
                  float * acc) {
+    const WView w = win;
+    const int64_t K = a.K, N = a.N, nch = kv / 32;
     const Code code(w.code);
-    for (int64_t c = 0; c < kv; c += 16) {
-        __m256 H[NR], L[NR];
-        for (int i = 0; i < NR; ++i) {
-            const int64_t g = (n + i) * a.K + k0 + c;
-            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
-            decode16(w.packed, g, code, w.scale(g >> w.log2b), H[i], L[i]);
-        }
-        for (int m = 0; m < MR; ++m) {
-            float * p = acc + m * kv + c;
-            __m256 h = _mm256_load_ps(p), l = _mm256_load_ps(p + 8);
-            for (int i = 0; i < NR; ++i) {
-                const __m256 xv = _mm256_set1_ps(xf[m * a.N + n + i]);
-                h = _mm256_fmadd_ps(H[i], xv, h);
-                l = _mm256_fmadd_ps(L[i], xv, l);
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K + k0) >> 1);
+    alignas(32) float sc[NR][kSegChunks];
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
+        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
+        for (int c = 0; c < cn; ++c) {
+            if ((c & 3) == 0)
+                for (int i = 0; i < NR; ++i)
+                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+            for (int h = 0; h < 2; ++h) {
+                __m256 H[NR], L[NR];
+                for (int i = 0; i < NR; ++i) {
+                    decode16_codes(rowp[i] + 16 * (s0 + c) + 8 * h, code, H[i], L[i]);
+                    const __m256 sv = _mm256_set1_ps(sc[i][c]);
+                    H[i] = _mm256_mul_ps(H[i], sv);
+                    L[i] = _mm256_mul_ps(L[i], sv);
+                }
+                for (int m = 0; m < MR; ++m) {
+                    float * p = acc + m * kv + 32 * (s0 + c) + 16 * h;
+                    __m256 hv = _mm256_load_ps(p), lv = _mm256_load_ps(p + 8);
+                    for (int i = 0; i < NR; ++i) {
+                        const __m256 xv = _mm256_set1_ps(xf[m * N + n + i]);
+                        hv = _mm256_fmadd_ps(H[i], xv, hv);
+                        lv = _mm256_fmadd_ps(L[i], xv, lv);
+                    }
+                    _mm256_store_ps(p, hv);
+                    _mm256_store_ps(p + 8, lv);
+                }
             }
-            _mm256_store_ps(p, h);
-            _mm256_store_ps(p + 8, l);
         }
     }
 }

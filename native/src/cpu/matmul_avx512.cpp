@@ -90,26 +90,49 @@ inline __m512i idx_odds() { return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 
 
 // ---------------------------------------------------------------------------
 // Matvec (M <= 8), fast mode. x is fp32, permuted like the decoder's output.
+// W rows stream once: NR rows at a time, each chunk decoded in registers and
+// scaled by its block's scale (precomputed per segment of kSegChunks chunks).
+
+constexpr int kPrefetchBytes = 512; // per row stream, ahead of the chunk being decoded
+
+inline void decode32_codes(const uint8_t * p, __m512 code, __m512 & H, __m512 & L) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    H = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), code);
+    L = _mm512_permutexvar_ps(v, code);
+}
 
 template <int MR, int NR>
-void mv_fwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n) {
-    const int64_t K = a.K, chunks = K / 32;
+void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n) {
+    const WView w = win; // a local copy: its fields stay in registers
+    const int64_t K = a.K, nch = K / 32;
     const __m512 code = _mm512_loadu_ps(w.code);
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K) >> 1);
+    alignas(64) float sc[NR][kSegChunks];
     __m512 accH[MR][NR], accL[MR][NR];
     for (int m = 0; m < MR; ++m)
         for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
+        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        const float * xs = xf + 32 * s0;
+        for (int c = 0; c < cn; ++c) {
+            if ((c & 3) == 0)
+                for (int i = 0; i < NR; ++i)
+                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
 #pragma GCC unroll 4
-        for (int i = 0; i < NR; ++i) {
-            const int64_t g = (n + i) * K + 32 * c;
-            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
-            __m512 H, L;
-            decode32(w.packed, g, code, w.scale(g >> w.log2b), H, L);
+            for (int i = 0; i < NR; ++i) {
+                __m512 H, L;
+                decode32_codes(rowp[i] + 16 * (s0 + c), code, H, L);
+                const __m512 sv = _mm512_set1_ps(sc[i][c]);
+                H = _mm512_mul_ps(H, sv);
+                L = _mm512_mul_ps(L, sv);
 #pragma GCC unroll 8
-            for (int m = 0; m < MR; ++m) {
-                const float * x = xf + m * K + 32 * c;
-                accH[m][i] = _mm512_fmadd_ps(H, _mm512_load_ps(x), accH[m][i]);
-                accL[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), accL[m][i]);
+                for (int m = 0; m < MR; ++m) {
+                    const float * x = xs + m * K + 32 * c;
+                    accH[m][i] = _mm512_fmadd_ps(H, _mm512_load_ps(x), accH[m][i]);
+                    accL[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), accL[m][i]);
+                }
             }
         }
     }
@@ -141,28 +164,41 @@ void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, in
 // Backward: acc[m][p] over cols [k0, k1) (lanes permuted per 32-chunk), rows of
 // W streamed NR at a time; every element is one FMA chain in row order.
 template <int MR, int NR>
-void mv_bwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n, int64_t k0, int64_t kv,
+void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n, int64_t k0, int64_t kv,
                  float * acc) {
+    const WView w = win;
+    const int64_t K = a.K, N = a.N, nch = kv / 32;
     const __m512 code = _mm512_loadu_ps(w.code);
-    for (int64_t c = 0; c < kv; c += 32) {
-        __m512 H[NR], L[NR];
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K + k0) >> 1);
+    alignas(64) float sc[NR][kSegChunks];
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
+        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
+        for (int c = 0; c < cn; ++c) {
+            if ((c & 3) == 0)
+                for (int i = 0; i < NR; ++i)
+                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+            __m512 H[NR], L[NR];
 #pragma GCC unroll 4
-        for (int i = 0; i < NR; ++i) {
-            const int64_t g = (n + i) * a.K + k0 + c;
-            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
-            decode32(w.packed, g, code, w.scale(g >> w.log2b), H[i], L[i]);
-        }
-#pragma GCC unroll 8
-        for (int m = 0; m < MR; ++m) {
-            float * p = acc + m * kv + c;
-            __m512 h = _mm512_load_ps(p), l = _mm512_load_ps(p + 16);
             for (int i = 0; i < NR; ++i) {
-                const __m512 xv = _mm512_set1_ps(xf[m * a.N + n + i]);
-                h = _mm512_fmadd_ps(H[i], xv, h);
-                l = _mm512_fmadd_ps(L[i], xv, l);
+                decode32_codes(rowp[i] + 16 * (s0 + c), code, H[i], L[i]);
+                const __m512 sv = _mm512_set1_ps(sc[i][c]);
+                H[i] = _mm512_mul_ps(H[i], sv);
+                L[i] = _mm512_mul_ps(L[i], sv);
             }
-            _mm512_store_ps(p, h);
-            _mm512_store_ps(p + 16, l);
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; ++m) {
+                float * p = acc + m * kv + 32 * (s0 + c);
+                __m512 h = _mm512_load_ps(p), l = _mm512_load_ps(p + 16);
+                for (int i = 0; i < NR; ++i) {
+                    const __m512 xv = _mm512_set1_ps(xf[m * N + n + i]);
+                    h = _mm512_fmadd_ps(H[i], xv, h);
+                    l = _mm512_fmadd_ps(L[i], xv, l);
+                }
+                _mm512_store_ps(p, h);
+                _mm512_store_ps(p + 16, l);
+            }
         }
     }
 }

@@ -110,6 +110,24 @@ inline void decode_run(const WView & w, int64_t i0, int64_t n, float * out) {
     }
 }
 
+// Scales of `count` consecutive 32-element chunks starting at flat index g0
+// (g0 % 32 == 0, so no chunk straddles a block): out[c] = scale of chunk c.
+// One scale decode per block, then a fill.
+inline void chunk_scales(const WView & w, int64_t g0, int count, float * out) {
+    int c = 0;
+    while (c < count) {
+        const int64_t g = g0 + 32 * int64_t{c}, b = g >> w.log2b;
+        const float s = w.scale(b);
+        const int64_t left = ((b + 1) << w.log2b) - g; // elements to the end of the block
+        const int end = static_cast<int>(std::min<int64_t>(count, c + left / 32));
+        for (; c < end; ++c) out[c] = s;
+    }
+}
+
+// Matvec rows are processed in segments of this many 32-element chunks, with
+// the chunk scales of the segment computed up front.
+constexpr int kSegChunks = 64;
+
 inline float load_act(const void * p, qlora_dtype dtype, int64_t i) {
     return dtype == QLORA_DTYPE_BF16 ? bf16_to_f32(static_cast<const uint16_t *>(p)[i])
                                      : static_cast<const float *>(p)[i];
