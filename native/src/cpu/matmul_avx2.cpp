@@ -190,6 +190,7 @@ void mv_bwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64
 struct Ops : OpsBase<float> {
     static constexpr bool kFast = true;
     static constexpr int  kLanes = 16, kRows = 6, kKC = 256, kMC = 240, kNC = 256;
+    static constexpr bool kFwdPermuted = true; // forward panels in perm order (decode, then 8x8 transposes)
     static int perm(int p) { return perm32(p); }
 
     // Bp[r][l] = W[n0 + l, k0 + perm(r)] (l < nv, else 0); kc % 32 == 0.

@@ -228,35 +228,81 @@ void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, in
 }
 
 // ---------------------------------------------------------------------------
+// Forward panels, W^T: lanes are 16 rows of W, so the decoder works on a
+// transposed view. 64 bytes (128 elements) of each of the 16 rows are loaded
+// and transposed as 16x16 dwords; dword j of a row then holds its elements
+// 8j .. 8j+7, and one shift + vpermps + multiply by the rows' scales yields
+// element 8j+e of all 16 rows, in natural k order.
+
+// Shift that brings element e (0..7) of a dword to the low nibble: the even
+// element of each byte is its high nibble.
+inline constexpr int nibble_shift(int e) { return 8 * (e / 2) + ((e & 1) ? 0 : 4); }
+
+// Calls emit(k, values) for k in [0, kc), values = W[n0 + i, k0 + k] for the
+// 16 rows i (rows >= `rows` give 0); kc % 32 == 0. Prefetches the same columns
+// of the 16 rows from n0 + 32 on (the next panel), a line per row per block,
+// so that the prefetches trickle out instead of flooding the miss buffers.
+template <class Emit>
+inline void decode_rows_transposed(const WView & w, int64_t n0, int rows, int64_t k0, int kc, __m512 code,
+                                   Emit emit) {
+    const int64_t pf_rows = std::max<int64_t>(0, std::min<int64_t>(16, w.N - (n0 + 32)));
+    const uint8_t * pf = w.packed + (((n0 + 32) * w.K + k0) >> 1);
+    const int64_t row_bytes = w.K / 2;
+    constexpr int kMaxChunks = 512 / 32;
+    alignas(64) float sct[kMaxChunks][16]; // [chunk][row] scales
+    alignas(64) float tmp[kMaxChunks];
+    const int nch = kc / 32;
+    const uint8_t * rowp[16];
+    for (int i = 0; i < 16; ++i) {
+        if (i < rows) {
+            const int64_t g0 = (n0 + i) * w.K + k0;
+            rowp[i] = w.packed + (g0 >> 1);
+            chunk_scales(w, g0, nch, tmp);
+            for (int c = 0; c < nch; ++c) sct[c][i] = tmp[c];
+        } else {
+            rowp[i] = rowp[0]; // any readable bytes; scale 0 makes the values 0
+            for (int c = 0; c < nch; ++c) sct[c][i] = 0.0f;
+        }
+    }
+    for (int b = 0; b < kc; b += 128) {
+        for (int64_t i = 0; i < pf_rows; ++i) _mm_prefetch(reinterpret_cast<const char *>(pf + i * row_bytes + b / 2), _MM_HINT_T0);
+        const int nd = std::min(16, (kc - b) / 8); // dwords of each row in this block
+        const __mmask16 mk = static_cast<__mmask16>((1u << nd) - 1u);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(mk, rowp[i] + b / 2));
+        transpose16(r);
+        for (int j = 0; j < nd; ++j) {
+            const __m512i v = _mm512_castps_si512(r[j]);
+            const __m512 sv = _mm512_load_ps(sct[(b + 8 * j) / 32]);
+#pragma GCC unroll 8
+            for (int e = 0; e < 8; ++e)
+                emit(b + 8 * j + e, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, nibble_shift(e)), code), sv));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // fp32 tiles: Bp [KC][32] floats, Sp [rows][KC] floats, C tile 12 x 32.
 
 struct OpsF32 : OpsBase<float> {
     static constexpr bool kFast = true;
     static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 256;
+    static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
 
-    // Bp[r][l] = W[n0 + l, k0 + perm(r)] (l < nv, else 0); kc % 32 == 0.
-    static void pack_w_fwd_fast(const WView & w, int64_t n0, int nv, int64_t k0, int kc, float * Bp) {
+    // Bp[r][l] = W[n0 + l, k0 + r] (l < nv, else 0), natural order; kc % 32 == 0.
+    static void pack_w_fwd_fast(const WView & win, int64_t n0, int nv, int64_t k0, int kc, float * Bp) {
+        const WView w = win;
         const __m512 code = _mm512_loadu_ps(w.code);
-        alignas(64) float tile[2][16 * 16];
         for (int g = 0; g < 2; ++g) {
-            if (16 * g >= nv) {
-                for (int r = 0; r < kc; ++r) _mm512_store_ps(Bp + r * 32 + 16 * g, _mm512_setzero_ps());
+            const int rows = std::min(16, nv - 16 * g);
+            float * out = Bp + 16 * g;
+            if (rows <= 0) {
+                for (int r = 0; r < kc; ++r) _mm512_store_ps(out + r * 32, _mm512_setzero_ps());
                 continue;
             }
-            for (int c = 0; c < kc; c += 32) {
-                for (int i = 0; i < 16; ++i) {
-                    __m512 H = _mm512_setzero_ps(), L = _mm512_setzero_ps();
-                    if (16 * g + i < nv) {
-                        const int64_t gi = (n0 + 16 * g + i) * w.K + k0 + c;
-                        decode32(w.packed, gi, code, w.scale(gi >> w.log2b), H, L);
-                    }
-                    _mm512_store_ps(tile[0] + 16 * i, H);
-                    _mm512_store_ps(tile[1] + 16 * i, L);
-                }
-                transpose_store(tile[0], Bp + c * 32 + 16 * g, 32);
-                transpose_store(tile[1], Bp + (c + 16) * 32 + 16 * g, 32);
-            }
+            decode_rows_transposed(w, n0 + 16 * g, rows, k0, kc, code,
+                                   [out](int k, __m512 v) { _mm512_store_ps(out + k * 32, v); });
         }
     }
 
@@ -265,24 +311,11 @@ struct OpsF32 : OpsBase<float> {
         const __m512 code = _mm512_loadu_ps(w.code);
         for (int r = 0; r < nr; ++r) {
             const int64_t g = (n0 + r) * w.K + k0;
+            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 64, _MM_HINT_T0); // next line
             __m512 H, L;
             decode32(w.packed, g, code, w.scale(g >> w.log2b), H, L);
             _mm512_store_ps(Bp + 32 * r, H);
             _mm512_store_ps(Bp + 32 * r + 16, L);
-        }
-    }
-
-    // Sp[m][p] = x[m0 + m, r0 + perm(p)]; kc % 32 == 0.
-    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
-        const __m512i ie = idx_evens(), io = idx_odds();
-        for (int m = 0; m < mc; ++m) {
-            float * row = Sp + static_cast<int64_t>(m) * sps;
-            for (int c = 0; c < kc; c += 32) {
-                __m512 v0, v1;
-                load32(a.x, a.x_dtype, (m0 + m) * a.ldx + r0 + c, v0, v1);
-                _mm512_store_ps(row + c, _mm512_permutex2var_ps(v0, ie, v1));
-                _mm512_store_ps(row + c + 16, _mm512_permutex2var_ps(v0, io, v1));
-            }
         }
     }
 
@@ -329,46 +362,51 @@ inline __m512i bf16_pairs(__m512 hi_half, __m512 lo_half) { // words [lo_half | 
     return (__m512i)_mm512_cvtne2ps_pbh(hi_half, lo_half);
 }
 
+// vpermw index: words [a0..a15 | b0..b15] -> dwords (a_i, b_i).
+inline __m512i interleave_words() {
+    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+                            19, 3, 18, 2, 17, 1, 16, 0);
+}
+
 struct OpsBF16 : OpsBase<uint32_t> {
     static constexpr bool kFast = true;
     static constexpr int  kLanes = 32, kRows = 12, kKC = 512, kMC = 288, kNC = 256;
+    static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
 
     // Word position p of a 32-chunk holds element perm(p) (evens, then odds),
     // so dword d pairs perm(2d) and perm(2d + 1); x is packed the same way.
-    static void pack_w_fwd_fast(const WView & w, int64_t n0, int nv, int64_t k0, int kc, uint32_t * Bp) {
+    static void pack_w_fwd_fast(const WView & win, int64_t n0, int nv, int64_t k0, int kc, uint32_t * Bp) {
+        const WView w = win;
         const __m512 code = _mm512_loadu_ps(w.code);
-        alignas(64) float tile[16 * 16];
-        float * out = reinterpret_cast<float *>(Bp);
+        const __m512i inter = interleave_words();
         for (int g = 0; g < 2; ++g) {
-            if (16 * g >= nv) {
-                for (int r = 0; r < kc / 2; ++r) _mm512_store_ps(out + r * 32 + 16 * g, _mm512_setzero_ps());
+            const int rows = std::min(16, nv - 16 * g);
+            uint32_t * out = Bp + 16 * g;
+            if (rows <= 0) {
+                for (int r = 0; r < kc / 2; ++r) _mm512_store_si512(out + r * 32, _mm512_setzero_si512());
                 continue;
             }
-            for (int c = 0; c < kc; c += 32) {
-                for (int i = 0; i < 16; ++i) {
-                    __m512i d = _mm512_setzero_si512();
-                    if (16 * g + i < nv) {
-                        const int64_t gi = (n0 + 16 * g + i) * w.K + k0 + c;
-                        __m512 H, L;
-                        decode32(w.packed, gi, code, w.scale(gi >> w.log2b), H, L);
-                        d = bf16_pairs(L, H);
-                    }
-                    _mm512_store_si512(tile + 16 * i, d);
+            __m512 even = _mm512_setzero_ps();
+            decode_rows_transposed(w, n0 + 16 * g, rows, k0, kc, code, [out, inter, &even](int k, __m512 v) {
+                if ((k & 1) == 0) {
+                    even = v;
+                } else { // dword lane i = (W[i, k - 1], W[i, k]) as bf16
+                    _mm512_store_si512(out + (k >> 1) * 32, _mm512_permutexvar_epi16(inter, bf16_pairs(v, even)));
                 }
-                transpose_store(tile, out + (c / 2) * 32 + 16 * g, 32);
-            }
+            });
         }
     }
 
     // Bp[r2][p] = (W[n0 + 2 r2, k0 + perm(p)], W[n0 + 2 r2 + 1, k0 + perm(p)]).
     static void pack_w_bwd_fast(const WView & w, int64_t n0, int nr, int64_t k0, uint32_t * Bp) {
         const __m512 code = _mm512_loadu_ps(w.code);
-        const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                               22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i inter = interleave_words();
         for (int r = 0; r < nr; r += 2) {
             __m512 H0, L0, H1 = _mm512_setzero_ps(), L1 = _mm512_setzero_ps();
             const int64_t g0 = (n0 + r) * w.K + k0;
+            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g0 >> 1)) + 64, _MM_HINT_T0); // next line
+            _mm_prefetch(reinterpret_cast<const char *>(w.packed + ((g0 + w.K) >> 1)) + 64, _MM_HINT_T0);
             decode32(w.packed, g0, code, w.scale(g0 >> w.log2b), H0, L0);
             if (r + 1 < nr) {
                 const int64_t g1 = g0 + w.K;
@@ -377,18 +415,6 @@ struct OpsBF16 : OpsBase<uint32_t> {
             uint32_t * dst = Bp + 16 * r; // row r / 2 of 32 dwords
             _mm512_store_si512(dst, _mm512_permutexvar_epi16(inter, bf16_pairs(H1, H0)));
             _mm512_store_si512(dst + 16, _mm512_permutexvar_epi16(inter, bf16_pairs(L1, L0)));
-        }
-    }
-
-    // Sp[m][d] = (x[.., r0 + perm(2d)], x[.., r0 + perm(2d + 1)]) within each chunk.
-    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, uint32_t * Sp, int sps) {
-        const __m512i eo = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 30, 28, 26, 24,
-                                            22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-        for (int m = 0; m < mc; ++m) {
-            uint32_t * row = Sp + static_cast<int64_t>(m) * sps;
-            const uint16_t * x = static_cast<const uint16_t *>(a.x) + (m0 + m) * a.ldx + r0;
-            for (int c = 0; c < kc; c += 32)
-                _mm512_store_si512(row + c / 2, _mm512_permutexvar_epi16(eo, _mm512_loadu_si512(x + c)));
         }
     }
 

@@ -19,10 +19,11 @@
 //  - M <= 8 (matvec): W is decoded in registers and streamed once.
 //  - "fast" mode (K % 32 == 0, SIMD ISAs): 32-element chunks of a W row never
 //    straddle a block or a byte, so they are decoded 16 or 32 at a time; the
-//    decoder yields even and odd elements in separate vectors, so the
-//    reduction order (forward) or the lanes (backward) are permuted within
-//    each 32-chunk by Ops::perm, and x / the epilogue use the same
-//    permutation. Otherwise every element is decoded on its own (natural order).
+//    row decoder yields even and odd elements in separate vectors, so the
+//    lanes (backward, matvec) or the reduction order (forward panels when
+//    Ops::kFwdPermuted) are permuted within each 32-chunk by Ops::perm, and x /
+//    the epilogue use the same permutation. Otherwise every element is decoded
+//    on its own (natural order).
 //  - Determinism: every output element is one fixed sequence of fp32 FMAs over
 //    the reduction, whatever the thread split, so results do not depend on the
 //    thread count.
@@ -199,17 +200,6 @@ void pack_x_natural_generic(const MatmulArgs & a, int64_t m0, int mc, int64_t r0
     }
 }
 
-// Forward, fast mode: Sp[m][p] = x[m0 + m, r0 + 32 (p / 32) + perm(p % 32)].
-template <class E, class Perm>
-void pack_x_perm_generic(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, E * Sp, int sps, Perm perm) {
-    for (int m = 0; m < mc; ++m) {
-        E * row = Sp + static_cast<int64_t>(m) * sps;
-        const int64_t base = (m0 + m) * a.ldx + r0;
-        for (int p = 0; p < kc; ++p)
-            put(row, 1, p, 0, load_act(a.x, a.x_dtype, base + (p & ~31) + perm(p & 31)));
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Epilogue: y[m0 + m, c0 + col(p)] = alpha * C[m][p] + beta * y, for p < nc.
 template <class Perm>
@@ -305,8 +295,14 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
             for (int64_t rb = 0; rb < red; rb += Ops::kKC) {
                 const int kc = static_cast<int>(std::min<int64_t>(Ops::kKC, red - rb));
                 const int steps = (kc + kStep<E> - 1) / kStep<E>;
-                if (fwd && fast) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
-                else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+                bool packed = false;
+                if constexpr (Ops::kFwdPermuted) { // forward panels in Ops::perm order: x follows
+                    if (fwd && fast) {
+                        Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
+                        packed = true;
+                    }
+                }
+                if (!packed) Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
                 for (int64_t cp = cb; cp < cb + nc; cp += LANES) {
                     const int lv = static_cast<int>(std::min<int64_t>(LANES, cb + nc - cp));
                     if (fwd) {
