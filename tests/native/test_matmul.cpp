@@ -298,7 +298,9 @@ INSTANTIATE_TEST_SUITE_P(All, MatmulCases, ::testing::ValuesIn(all_cases()),
 // Shapes that cross every tile boundary of the CPU kernels (several reduction,
 // column and row blocks), on the fast (K % 32 == 0) and the generic path.
 TEST(Matmul, LargeShapesCrossAllTiles) {
-    const struct { int64_t M, N, K; } shapes[] = {{300, 290, 608}, {270, 64, 601}};
+    // M = 300: two row blocks, cols > 448 (the column block at that M);
+    // M = 20: one thread's columns > 2048 (the column block at small M).
+    const struct { int64_t M, N, K; } shapes[] = {{300, 470, 608}, {270, 64, 601}, {20, 2100, 64}};
     uint32_t seed = 77;
     for (const auto & s : shapes)
         for (qlora_matmul_op op : {QLORA_MATMUL_FORWARD, QLORA_MATMUL_BACKWARD})

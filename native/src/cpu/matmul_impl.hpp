@@ -251,13 +251,17 @@ struct GemmPlan {
     using E = typename Ops::Elem;
     static constexpr int kSteps = Ops::kKC / kStep<E>; // packed rows per reduction block
     int     mc_max;                                    // rows of x per block (multiple of kRows)
+    int     nc;                                        // cols per block (multiple of kLanes)
     size_t  cacc_bytes, sp_bytes, bp_bytes, tmp_bytes;
     size_t  total() const { return cacc_bytes + sp_bytes + bp_bytes + tmp_bytes; }
 
     GemmPlan(int64_t M) {
         const int64_t nmb = (M + Ops::kMC - 1) / Ops::kMC;
         mc_max = static_cast<int>(round_up(static_cast<uint64_t>((M + nmb - 1) / nmb), Ops::kRows));
-        cacc_bytes = round_up(sizeof(float) * static_cast<size_t>(mc_max) * Ops::kNC, 64);
+        // Few rows: wider column blocks (same accumulator bytes), so x is packed fewer times.
+        nc = static_cast<int>(std::max<int64_t>(
+            Ops::kNC, std::min<int64_t>(8 * Ops::kNC, Ops::kNC * int64_t{Ops::kMC} / mc_max / Ops::kLanes * Ops::kLanes)));
+        cacc_bytes = round_up(sizeof(float) * static_cast<size_t>(mc_max) * nc, 64);
         sp_bytes = round_up(sizeof(E) * static_cast<size_t>(mc_max) * kSteps, 64);
         bp_bytes = round_up(sizeof(E) * static_cast<size_t>(kSteps) * Ops::kLanes, 64);
         tmp_bytes = round_up(sizeof(float) * static_cast<size_t>(std::max(Ops::kKC, Ops::kLanes)), 64);
@@ -288,8 +292,9 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
     const int64_t nmb = (m1 - m0 + plan.mc_max - 1) / plan.mc_max;
     const int64_t mc_even = static_cast<int64_t>(round_up(static_cast<uint64_t>((m1 - m0 + nmb - 1) / nmb), ROWS));
 
-    for (int64_t cb = c0; cb < c1; cb += Ops::kNC) {
-        const int nc = static_cast<int>(std::min<int64_t>(Ops::kNC, c1 - cb));
+    const int NC = plan.nc;
+    for (int64_t cb = c0; cb < c1; cb += NC) {
+        const int nc = static_cast<int>(std::min<int64_t>(NC, c1 - cb));
         for (int64_t mb = m0; mb < m1; mb += mc_even) {
             const int mc = static_cast<int>(std::min<int64_t>(mc_even, m1 - mb));
             for (int64_t rb = 0; rb < red; rb += Ops::kKC) {
@@ -316,11 +321,11 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
                     for (int mp = 0; mp < mc; mp += ROWS) {
                         const int r = std::min(ROWS, mc - mp);
                         kernel_dispatch_impl<Ops, ROWS>(r, Bp, Sp + static_cast<int64_t>(mp) * SPS, steps,
-                                                        Ct + static_cast<int64_t>(mp) * Ops::kNC, Ops::kNC, rb == 0);
+                                                        Ct + static_cast<int64_t>(mp) * NC, NC, rb == 0);
                     }
                 }
             }
-            store_rows(a, Cacc, Ops::kNC, mb, mc, cb, nc, !fwd && fast, [](int p) { return Ops::perm(p); });
+            store_rows(a, Cacc, NC, mb, mc, cb, nc, !fwd && fast, [](int p) { return Ops::perm(p); });
         }
     }
 }
