@@ -87,6 +87,7 @@ Weight make_weight(int64_t N, int64_t K, qlora_quant_type quant, int32_t bs, boo
     p.quant_type = quant;
     p.blocksize = bs;
     p.double_quant = dq ? 1 : 0;
+    p.nested_blocksize = (seed % 3 == 0) ? 64 : 256; // the nested block size varies too
     qlora_view v = view_of(w, QLORA_DTYPE_F32, N, K);
     qlora_q4_tensor_t t = nullptr;
     EXPECT_EQ(qlora_q4_quantize(ref.get(), &v, &p, &t), QLORA_OK) << qlora_last_error();
