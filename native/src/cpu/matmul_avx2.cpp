@@ -103,7 +103,10 @@ void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
         for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm256_setzero_ps();
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        for (int i = 0; i < NR; ++i) {
+            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        }
         const float * xs = xf + 32 * s0;
         for (int c = 0; c < cn; ++c) {
             if ((c & 3) == 0)
@@ -147,7 +150,10 @@ void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
     alignas(32) float sc[NR][kSegChunks];
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
+        for (int i = 0; i < NR; ++i) {
+            prefetch_scale(w, (n + i) * K + k0 + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
+        }
         for (int c = 0; c < cn; ++c) {
             if ((c & 3) == 0)
                 for (int i = 0; i < NR; ++i)

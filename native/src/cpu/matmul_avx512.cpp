@@ -89,11 +89,57 @@ inline __m512i idx_evens() {
 inline __m512i idx_odds() { return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31); }
 
 // ---------------------------------------------------------------------------
+// Chunk scales, vectorized: out[c] = scale of the 32-element chunk at
+// g0 + 32 c, c < count <= kSegChunks (g0 % 32 == 0). Block scales are decoded
+// 16 at a time (qabsmax bytes widened, the 8-bit map looked up with a gather,
+// the nested absmax - at most two values among 16 consecutive blocks, as the
+// nested block is >= 32 - blended in, then mul and add as block_scale does),
+// then spread over the chunks with vpermps. The scalar version costs ~15
+// cycles per block here (a chain of dependent loads per block).
+inline void chunk_scales16(const WView & w, int64_t g0, int count, float * out) {
+    const int sh = w.log2b - 5; // chunks per block = 2^sh
+    const int64_t c0 = g0 >> 5, b0 = c0 >> sh;
+    const int nblk = static_cast<int>(((c0 + count - 1) >> sh) - b0 + 1);
+    alignas(64) float bs[kSegChunks + 16];
+    const float * src; // block scales from block b0 on
+    if (!w.dq) {
+        src = w.absmax + b0;
+    } else {
+        for (int j = 0; j < nblk; j += 16) {
+            const int n = std::min(16, nblk - j);
+            const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+            const int64_t b = b0 + j;
+            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.qabsmax + b));
+            const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.nested_code, 4);
+            const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
+            __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
+            if (nhi != nlo) { // lanes from the first block of the next nested block on
+                const int split = static_cast<int>((nhi << w.log2nb) - b);
+                na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
+                                          _mm512_set1_ps(w.nested_absmax[nhi]));
+            }
+            _mm512_store_ps(bs + j, _mm512_add_ps(_mm512_mul_ps(code, na), _mm512_set1_ps(w.offset)));
+        }
+        src = bs;
+    }
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int c = 0; c < count; c += 16) {
+        const int64_t cc = c0 + c;
+        const int first = static_cast<int>((cc >> sh) - b0); // block of chunk c, relative to b0
+        const int phase = static_cast<int>(cc & ((int64_t{1} << sh) - 1));
+        const __m512i idx = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(phase), iota), static_cast<unsigned>(sh));
+        const int avail = std::min(16, nblk - first); // block scales readable from src + first
+        const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << avail) - 1u), src + first);
+        _mm512_store_ps(out + c, _mm512_permutexvar_ps(idx, v));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Matvec (M <= 8), fast mode. x is fp32, permuted like the decoder's output.
 // W rows stream once: NR rows at a time, each chunk decoded in registers and
 // scaled by its block's scale (precomputed per segment of kSegChunks chunks).
 
-constexpr int kPrefetchBytes = 512; // per row stream, ahead of the chunk being decoded
+constexpr int kPrefetchBytes = 2048; // per row stream, ahead of the chunk being decoded
 
 inline void decode32_codes(const uint8_t * p, __m512 code, __m512 & H, __m512 & L) {
     const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
@@ -114,7 +160,10 @@ void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
         for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm512_setzero_ps();
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        for (int i = 0; i < NR; ++i) {
+            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales16(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        }
         const float * xs = xf + 32 * s0;
         for (int c = 0; c < cn; ++c) {
             if ((c & 3) == 0)
@@ -174,7 +223,10 @@ void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
     alignas(64) float sc[NR][kSegChunks];
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) chunk_scales(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
+        for (int i = 0; i < NR; ++i) {
+            prefetch_scale(w, (n + i) * K + k0 + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales16(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
+        }
         for (int c = 0; c < cn; ++c) {
             if ((c & 3) == 0)
                 for (int i = 0; i < NR; ++i)
@@ -250,14 +302,14 @@ inline void decode_rows_transposed(const WView & w, int64_t n0, int rows, int64_
     const int64_t row_bytes = w.K / 2;
     constexpr int kMaxChunks = 512 / 32;
     alignas(64) float sct[kMaxChunks][16]; // [chunk][row] scales
-    alignas(64) float tmp[kMaxChunks];
+    alignas(64) float tmp[kMaxChunks + 16];
     const int nch = kc / 32;
     const uint8_t * rowp[16];
     for (int i = 0; i < 16; ++i) {
         if (i < rows) {
             const int64_t g0 = (n0 + i) * w.K + k0;
             rowp[i] = w.packed + (g0 >> 1);
-            chunk_scales(w, g0, nch, tmp);
+            chunk_scales16(w, g0, nch, tmp);
             for (int c = 0; c < nch; ++c) sct[c][i] = tmp[c];
         } else {
             rowp[i] = rowp[0]; // any readable bytes; scale 0 makes the values 0

@@ -125,6 +125,14 @@ inline void chunk_scales(const WView & w, int64_t g0, int count, float * out) {
     }
 }
 
+// Prefetches the block scale storage (qabsmax byte or fp32 absmax) of the
+// block holding flat element g.
+inline void prefetch_scale(const WView & w, int64_t g) {
+    const int64_t b = g >> w.log2b;
+    if (w.dq) __builtin_prefetch(w.qabsmax + b, 0, 3);
+    else __builtin_prefetch(w.absmax + b, 0, 3);
+}
+
 // Matvec rows are processed in segments of this many 32-element chunks, with
 // the chunk scales of the segment computed up front.
 constexpr int kSegChunks = 64;
