@@ -250,7 +250,7 @@ struct Ops : OpsBase<float> {
     }
 
     template <int R>
-    static void kernel(const float * Bp, const float * Sp, int steps, float * C, int64_t ldc, bool first) {
+    static void kernel(const float * Bp, const float * Sp, int64_t sps, int steps, float * C, int64_t ldc, bool first) {
         __m256 c0[R], c1[R];
         if (first) {
             for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm256_setzero_ps();
@@ -260,11 +260,13 @@ struct Ops : OpsBase<float> {
                 c1[j] = _mm256_load_ps(C + j * ldc + 8);
             }
         }
+        const float * row[R];
+        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
         for (int r = 0; r < steps; ++r) {
             const __m256 b0 = _mm256_load_ps(Bp + 16 * r), b1 = _mm256_load_ps(Bp + 16 * r + 8);
 #pragma GCC unroll 6
             for (int j = 0; j < R; ++j) {
-                const __m256 s = _mm256_broadcast_ss(Sp + j * kKC + r);
+                const __m256 s = _mm256_broadcast_ss(row[j] + r);
                 c0[j] = _mm256_fmadd_ps(b0, s, c0[j]);
                 c1[j] = _mm256_fmadd_ps(b1, s, c1[j]);
             }

@@ -388,7 +388,7 @@ struct OpsF32 : OpsBase<float> {
     }
 
     template <int R>
-    static void kernel(const float * Bp, const float * Sp, int steps, float * C, int64_t ldc, bool first) {
+    static void kernel(const float * Bp, const float * Sp, int64_t sps, int steps, float * C, int64_t ldc, bool first) {
         __m512 c0[R], c1[R];
         if (first) {
             for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
@@ -398,11 +398,13 @@ struct OpsF32 : OpsBase<float> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
+        const float * row[R];
+        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
         for (int r = 0; r < steps; ++r) {
             const __m512 b0 = _mm512_load_ps(Bp + 32 * r), b1 = _mm512_load_ps(Bp + 32 * r + 16);
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512 s = _mm512_set1_ps(Sp[j * kKC + r]);
+                const __m512 s = _mm512_set1_ps(row[j][r]);
                 c0[j] = _mm512_fmadd_ps(b0, s, c0[j]);
                 c1[j] = _mm512_fmadd_ps(b1, s, c1[j]);
             }
@@ -496,8 +498,8 @@ struct OpsBF16 : OpsBase<uint32_t> {
     }
 
     template <int R>
-    static void kernel(const uint32_t * Bp, const uint32_t * Sp, int steps, float * C, int64_t ldc, bool first) {
-        constexpr int SPS = kKC / 2;
+    static void kernel(const uint32_t * Bp, const uint32_t * Sp, int64_t sps, int steps, float * C, int64_t ldc,
+                       bool first) {
         __m512 c0[R], c1[R];
         if (first) {
             for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
@@ -507,12 +509,14 @@ struct OpsBF16 : OpsBase<uint32_t> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
+        const uint32_t * row[R];
+        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
         for (int r = 0; r < steps; ++r) {
             const __m512bh b0 = (__m512bh)(_mm512_load_si512(Bp + 32 * r));
             const __m512bh b1 = (__m512bh)(_mm512_load_si512(Bp + 32 * r + 16));
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(Sp[j * SPS + r])));
+                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(row[j][r])));
                 c0[j] = _mm512_dpbf16_ps(c0[j], b0, s);
                 c1[j] = _mm512_dpbf16_ps(c1[j], b1, s);
             }

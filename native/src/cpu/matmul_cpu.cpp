@@ -21,15 +21,14 @@ struct Ops : OpsBase<float> {
     static void matvec_bwd_fast(const MatmulArgs &, const WView &, const float *, int64_t, int64_t, float *) {}
 
     template <int R>
-    static void kernel(const float * Bp, const float * Sp, int steps, float * C, int64_t ldc, bool first) {
-        constexpr int SPS = kKC;
+    static void kernel(const float * Bp, const float * Sp, int64_t sps, int steps, float * C, int64_t ldc, bool first) {
         float acc[R][kLanes];
         for (int j = 0; j < R; ++j)
             for (int l = 0; l < kLanes; ++l) acc[j][l] = first ? 0.0f : C[j * ldc + l];
         for (int r = 0; r < steps; ++r) {
             const float * b = Bp + r * kLanes;
             for (int j = 0; j < R; ++j) {
-                const float s = Sp[j * SPS + r];
+                const float s = Sp[j * sps + r];
                 for (int l = 0; l < kLanes; ++l) acc[j][l] = acc[j][l] + b[l] * s;
             }
         }

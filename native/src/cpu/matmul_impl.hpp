@@ -274,12 +274,23 @@ struct GemmPlan {
 };
 
 template <class Ops, int R>
-void kernel_dispatch_impl(int r, const typename Ops::Elem * Bp, const typename Ops::Elem * Sp, int steps, float * C,
-                          int64_t ldc, bool first) {
+void kernel_dispatch_impl(int r, const typename Ops::Elem * Bp, const typename Ops::Elem * Sp, int64_t sps, int steps,
+                          float * C, int64_t ldc, bool first) {
     if constexpr (R >= 1) {
-        if (r == R) return Ops::template kernel<R>(Bp, Sp, steps, C, ldc, first);
-        kernel_dispatch_impl<Ops, R - 1>(r, Bp, Sp, steps, C, ldc, first);
+        if (r == R) return Ops::template kernel<R>(Bp, Sp, sps, steps, C, ldc, first);
+        kernel_dispatch_impl<Ops, R - 1>(r, Bp, Sp, sps, steps, C, ldc, first);
     }
+}
+
+// Whether the micro-kernel can broadcast straight from x's rows (no packing):
+// x already has the packed element type and natural order (and, for bf16
+// pairs, pairs that start on even columns and a reduction block of even length,
+// so no pair reaches past the row).
+template <class Ops>
+bool x_direct(const MatmulArgs & a, bool permuted_x, int kc) {
+    if (permuted_x) return false;
+    if constexpr (std::is_same_v<typename Ops::Elem, float>) return a.x_dtype == QLORA_DTYPE_F32;
+    else return a.x_dtype == QLORA_DTYPE_BF16 && a.ldx % 2 == 0 && kc % 2 == 0;
 }
 
 // One thread's rectangle of the output: rows [m0, m1), cols [c0, c1).
@@ -305,14 +316,20 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
             for (int64_t rb = 0; rb < red; rb += Ops::kKC) {
                 const int kc = static_cast<int>(std::min<int64_t>(Ops::kKC, red - rb));
                 const int steps = (kc + kStep<E> - 1) / kStep<E>;
-                bool packed = false;
-                if constexpr (Ops::kFwdPermuted) { // forward panels in Ops::perm order: x follows
-                    if (fwd && fast) {
-                        Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
-                        packed = true;
-                    }
+                // forward panels in Ops::perm order: x follows
+                const bool permuted_x = Ops::kFwdPermuted && fwd && fast;
+                const E * S = Sp;
+                int64_t sps = SPS;
+                if (x_direct<Ops>(a, permuted_x, kc)) {
+                    S = reinterpret_cast<const E *>(static_cast<const char *>(a.x) +
+                                                    (mb * a.ldx + rb) * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)));
+                    sps = a.ldx * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)) / static_cast<int64_t>(sizeof(E));
+                } else if constexpr (Ops::kFwdPermuted) {
+                    if (permuted_x) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
+                    else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+                } else {
+                    Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
                 }
-                if (!packed) Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
                 for (int64_t cp = cb; cp < cb + nc; cp += LANES) {
                     const int lv = static_cast<int>(std::min<int64_t>(LANES, cb + nc - cp));
                     if (fwd) {
@@ -325,7 +342,7 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
                     float * Ct = Cacc + (cp - cb);
                     for (int mp = 0; mp < mc; mp += ROWS) {
                         const int r = std::min(ROWS, mc - mp);
-                        kernel_dispatch_impl<Ops, ROWS>(r, Bp, Sp + static_cast<int64_t>(mp) * SPS, steps,
+                        kernel_dispatch_impl<Ops, ROWS>(r, Bp, S + mp * sps, sps, steps,
                                                         Ct + static_cast<int64_t>(mp) * NC, NC, rb == 0);
                     }
                 }
