@@ -287,11 +287,12 @@ QLORA_API qlora_matmul_params qlora_matmul_default_params(void);
  *  - x, y: host views, F32 or BF16 each (they may differ), any row stride
  *    >= cols (e.g. a TorchSharp tensor's memory, used in place). x and y must
  *    not overlap. Shapes: see qlora_matmul_op; M, N, K >= 1.
- *  - Accumulation is fp32. F32 x: W is decoded to fp32 exactly as
- *    qlora_q4_dequantize does. BF16 x on a CPU with AVX512-BF16: W is rounded
- *    to bf16 in the tiles (as bitsandbytes does with a bf16 compute dtype) and
- *    multiplied with bf16 dot products; elsewhere BF16 x is widened to fp32.
- *    A BF16 y is rounded to nearest even from the fp32 result.
+ *  - Accumulation is fp32. W is decoded to fp32 exactly as
+ *    qlora_q4_dequantize does, except with BF16 x, M > 8 and a CPU with
+ *    AVX512-BF16: then W is rounded to bf16 in the tiles (as bitsandbytes does
+ *    with a bf16 compute dtype) and multiplied with bf16 dot products.
+ *    Elsewhere BF16 x is widened to fp32 (exactly). A BF16 y is rounded to
+ *    nearest even from the fp32 result.
  *  - Deterministic: the same inputs, backend, ISA and thread count give the
  *    same bits; the CPU backend's result does not depend on the thread count.
  *  - The REF backend is the scalar oracle (float64 accumulation). */
@@ -309,6 +310,26 @@ QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_contex
 
 /* Releases the scratch the context holds and restarts the high-water mark at 0. */
 QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
+
+/* ------------------------------------------------------------------------ */
+/* ABI introspection                                                         */
+/* ------------------------------------------------------------------------ */
+/* The library's own answers about the layout of this header's types, so that
+ * bindings in other languages can check theirs (the C# binding tests do).
+ * Implemented by native/src/core/abi_layout.gen.cpp, which tools/BindingGen
+ * generates from this header. Names are the C spellings. An unknown name is
+ * INVALID_ARGUMENT. */
+
+/* sizeof of a named type: a struct, an enum, an opaque handle or a callback
+ * typedef (e.g. "qlora_view"). */
+QLORA_API qlora_status qlora_abi_struct_size(const char * type_name, size_t * out);
+
+/* offsetof(type_name, field_name), e.g. ("qlora_view", "rows"). */
+QLORA_API qlora_status qlora_abi_field_offset(const char * type_name, const char * field_name, size_t * out);
+
+/* Value of an enum constant or an integer #define of this header
+ * (e.g. "QLORA_ERROR_IO", "QLORA_DEVICE_HOST"). */
+QLORA_API qlora_status qlora_abi_enum_value(const char * constant_name, int64_t * out);
 
 #ifdef __cplusplus
 }
