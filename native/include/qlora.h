@@ -276,6 +276,56 @@ QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out);
 
 /* ------------------------------------------------------------------------ */
+/* Fused 4-bit matmul (the frozen linear layers) and scratch statistics     */
+/* ------------------------------------------------------------------------ */
+
+/* W is a 4-bit tensor [N = out_features, K = in_features]. */
+typedef enum qlora_matmul_op {
+    QLORA_MATMUL_FORWARD  = 0, /* y[M,N] = alpha * x[M,K] . W^T + beta * y   (Y = X W^T)   */
+    QLORA_MATMUL_BACKWARD = 1  /* y[M,K] = alpha * x[M,N] . W   + beta * y   (dX = dY W)   */
+} qlora_matmul_op;
+
+typedef struct qlora_matmul_params {
+    qlora_matmul_op op;    /* default QLORA_MATMUL_FORWARD */
+    float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */
+    float           beta;  /* default 0; finite. 0: y is write-only (NaN/Inf already in y are
+                              not propagated); 1: accumulate into y (e.g. a LoRA branch) */
+} qlora_matmul_params;
+
+QLORA_API qlora_matmul_params qlora_matmul_default_params(void);
+
+/* Fused matmul with a 4-bit weight that is never dequantized as a whole: W is
+ * decoded panel by panel into per-thread tiles (or registers, for M <= 8), so
+ * the extra memory is bounded by the tile sizes, not by N*K (see
+ * qlora_context_get_stats).
+ *  - x, y: host views, F32 or BF16 each (they may differ), any row stride
+ *    >= cols (e.g. a TorchSharp tensor's memory, used in place). x and y must
+ *    not overlap. Shapes: see qlora_matmul_op; M, N, K >= 1.
+ *  - Accumulation is fp32. W is decoded to fp32 exactly as
+ *    qlora_q4_dequantize does, except with BF16 x, M > 8 and a CPU with
+ *    AVX512-BF16: then W is rounded to bf16 in the tiles (as bitsandbytes does
+ *    with a bf16 compute dtype) and multiplied with bf16 dot products.
+ *    Elsewhere BF16 x is widened to fp32 (exactly). A BF16 y is rounded to
+ *    nearest even from the fp32 result.
+ *  - Deterministic: the same inputs, backend, ISA and thread count give the
+ *    same bits; the CPU backend's result does not depend on the thread count.
+ *  - The REF backend is the scalar oracle (float64 accumulation). */
+QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x, qlora_q4_tensor_t w,
+                                       const qlora_view * y, const qlora_matmul_params * params);
+
+/* Scratch memory a context owns: per-thread tiles that kernels reuse between
+ * calls on that context. */
+typedef struct qlora_context_stats {
+    int64_t scratch_bytes;      /* scratch held now (kept between calls for reuse) */
+    int64_t scratch_peak_bytes; /* high-water mark of scratch_bytes since creation or the last reset */
+} qlora_context_stats;
+
+QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out);
+
+/* Releases the scratch the context holds and restarts the high-water mark at 0. */
+QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
+
+/* ------------------------------------------------------------------------ */
 /* ABI introspection                                                         */
 /* ------------------------------------------------------------------------ */
 /* The library's own answers about the layout of this header's types, so that

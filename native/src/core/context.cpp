@@ -92,4 +92,19 @@ QLORA_API qlora_status qlora_context_get_info(qlora_context_t ctx, qlora_context
     });
 }
 
+QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out) {
+    return QLORA_GUARD({
+        auto & c = qlora::checked(ctx);
+        QLORA_CHECK_NOT_NULL(out);
+        qlora_context_stats s{};
+        s.scratch_bytes = c.scratch.bytes();
+        s.scratch_peak_bytes = c.scratch.peak();
+        *out = s;
+    });
+}
+
+QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx) {
+    return QLORA_GUARD({ qlora::checked(ctx).scratch.release(); });
+}
+
 } // extern "C"
