@@ -2,6 +2,7 @@
 // pins, dirty tracking), its failure modes, and a model-based random test.
 #include "pager/crc32c.hpp"
 #include "pager/host_spill_pager.hpp"
+#include "test_pager_util.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
@@ -20,24 +21,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct PagerDeleter { void operator()(qlora_pager_t p) const { qlora_pager_free(p); } };
-using PagerPtr = std::unique_ptr<qlora_pager, PagerDeleter>;
-
-// A fresh directory under the system temp dir, removed at scope exit.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        static std::atomic<int> counter{0};
-        path = fs::temp_directory_path() /
-               ("qlora-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
+using qtest::PagerPtr;
+using qtest::TempDir;
 
 PagerPtr make_pager(const fs::path & dir, int64_t budget, int64_t page = 4096) {
     qlora_pager_params p = qlora_pager_default_params();

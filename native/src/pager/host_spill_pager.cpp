@@ -202,26 +202,64 @@ void HostSpillPager::write_out(int64_t id, int64_t page_index, Allocation & a, P
     bytes_out_ += len;
 }
 
-void HostSpillPager::evict(const PageRef & ref) {
-    Allocation & a = allocs_.at(ref.id);
-    Page & pg = a.pages[static_cast<size_t>(ref.page)];
-    if (pg.dirty) write_out(ref.id, ref.page, a, pg); // throws: the page stays resident and dirty
-    const int64_t len = page_len(a, ref.page);
-    discard(a.base + ref.page * page_bytes_, len);
-    lru_.erase(pg.lru);
-    pg.resident = false;
-    resident_ -= len;
-    ++evictions_;
+void HostSpillPager::evict_front(int64_t target) {
+    // Victims from the LRU front until at most `target` bytes stay resident.
+    // Dirty ones are written first (a failed write stops here: that page stays
+    // resident and dirty, nothing is lost); then the memory of all victims is
+    // released with one madvise per run of adjacent pages, because every
+    // madvise costs a TLB shootdown on all CPUs that ran this process.
+    std::vector<PageRef> victims;
+    int64_t projected = resident_;
+    for (auto it = lru_.begin(); it != lru_.end() && projected > target; ++it) {
+        victims.push_back(*it);
+        projected -= page_len(allocs_.at(it->id), it->page);
+    }
+    size_t done = 0;
+    try {
+        for (; done < victims.size(); ++done) {
+            Allocation & a = allocs_.at(victims[done].id);
+            Page & pg = a.pages[static_cast<size_t>(victims[done].page)];
+            if (pg.dirty) write_out(victims[done].id, victims[done].page, a, pg);
+        }
+    } catch (...) {
+        victims.resize(done);
+        release_victims(victims);
+        throw;
+    }
+    release_victims(victims);
+}
+
+void HostSpillPager::release_victims(std::vector<PageRef> & victims) {
+    std::sort(victims.begin(), victims.end(),
+              [](const PageRef & x, const PageRef & y) { return x.id != y.id ? x.id < y.id : x.page < y.page; });
+    for (size_t i = 0; i < victims.size();) {
+        Allocation & a = allocs_.at(victims[i].id);
+        size_t j = i;
+        int64_t bytes = 0;
+        while (j < victims.size() && victims[j].id == victims[i].id && victims[j].page == victims[i].page + int64_t(j - i)) {
+            Page & pg = a.pages[static_cast<size_t>(victims[j].page)];
+            const int64_t len = page_len(a, victims[j].page);
+            lru_.erase(pg.lru);
+            pg.resident = false;
+            resident_ -= len;
+            bytes += len;
+            ++evictions_;
+            ++j;
+        }
+        discard(a.base + victims[i].page * page_bytes_, bytes);
+        i = j;
+    }
 }
 
 void HostSpillPager::make_room(int64_t need) {
-    while (resident_ + need > budget_) {
-        if (lru_.empty())
-            fail(QLORA_ERROR_OUT_OF_MEMORY, "pager budget of %lld bytes exhausted: %lld bytes resident, all pinned",
-                 static_cast<long long>(budget_), static_cast<long long>(resident_));
-        const PageRef victim = lru_.front();
-        evict(victim);
-    }
+    if (resident_ + need <= budget_) return;
+    // Free some slack beyond `need` (a quarter of the budget, at most 64
+    // pages) so that evictions, and their madvise calls, come in batches.
+    const int64_t slack = std::clamp<int64_t>(budget_ / 4 / page_bytes_, 0, 64) * page_bytes_;
+    evict_front(std::max<int64_t>(0, budget_ - need - slack));
+    if (resident_ + need > budget_)
+        fail(QLORA_ERROR_OUT_OF_MEMORY, "pager budget of %lld bytes exhausted: %lld bytes resident, all pinned",
+             static_cast<long long>(budget_), static_cast<long long>(resident_));
 }
 
 void HostSpillPager::page_in(int64_t id, int64_t page_index, Allocation & a, Page & pg, bool skip_read) {
@@ -358,10 +396,7 @@ void HostSpillPager::release(int64_t id, int64_t offset, int64_t bytes) {
 void HostSpillPager::trim(int64_t target_bytes) {
     QLORA_CHECK_ARG(target_bytes >= 0, "target_bytes must be >= 0, got %lld", static_cast<long long>(target_bytes));
     std::lock_guard<std::mutex> lock(mutex_);
-    while (resident_ > target_bytes && !lru_.empty()) {
-        const PageRef victim = lru_.front();
-        evict(victim);
-    }
+    evict_front(target_bytes);
 }
 
 qlora_pager_stats HostSpillPager::stats() const {

@@ -65,7 +65,8 @@ private:
     void    check_range(const Allocation & a, int64_t id, int64_t offset, int64_t bytes) const;
     int64_t page_len(const Allocation & a, int64_t page) const;
     void    make_room(int64_t need);
-    void    evict(const PageRef & ref);
+    void    evict_front(int64_t target);
+    void    release_victims(std::vector<PageRef> & victims);
     void    write_out(int64_t id, int64_t page_index, Allocation & a, Page & pg);
     void    page_in(int64_t id, int64_t page_index, Allocation & a, Page & pg, bool skip_read);
     void    discard(uint8_t * ptr, int64_t len);
