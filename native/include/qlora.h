@@ -278,23 +278,25 @@ typedef enum qlora_pager_backing {
 typedef enum qlora_pager_access {
     QLORA_PAGER_READ       = 0, /* read only: the pages stay clean (never written back) */
     QLORA_PAGER_READ_WRITE = 1, /* read and modified: the pages become dirty */
-    QLORA_PAGER_OVERWRITE  = 2  /* every byte of the range will be written: pages wholly inside it are
-                                   not read back from the store (their old contents are lost) */
+    QLORA_PAGER_OVERWRITE  = 2  /* every byte of the range will be written: a page wholly inside it is
+                                   not read back from the store (its old contents are lost) */
 } qlora_pager_access;
 
 typedef struct qlora_pager * qlora_pager_t;
 
 typedef struct qlora_pager_params {
     qlora_pager_backing backing;      /* default QLORA_PAGER_HOST_SPILL_FILE */
-    int64_t             budget_bytes; /* most bytes resident at once; default INT64_MAX (no limit).
-                                         Less than one page: INVALID_ARGUMENT */
+    int64_t             budget_bytes; /* most bytes resident at once: HOST_SPILL_FILE keeps at most
+                                         floor(budget / page_bytes) page frames. Default INT64_MAX
+                                         (no limit); less than one page: INVALID_ARGUMENT */
     int64_t             page_bytes;   /* default 1 MiB; a power of two in [4 KiB, 1 GiB] */
     const char *        spill_dir;    /* HOST_SPILL_FILE: directory of the spill file (UTF-8), created
                                          if missing; NULL = $TMPDIR or /tmp. Copied by create. */
     int32_t             device;       /* CUDA_UNIFIED: CUDA device ordinal; default 0 */
 } qlora_pager_params;
 
-/* Counters of a pager. Byte counts are exact (a tail page counts its bytes). */
+/* Counters of a pager. Resident, peak and pinned bytes count whole pages
+ * (the memory actually held); page-in/out byte counts are exact. */
 typedef struct qlora_pager_stats {
     int64_t budget_bytes;
     int64_t page_bytes;
@@ -331,14 +333,17 @@ QLORA_API qlora_status qlora_pager_dealloc(qlora_pager_t pager, int64_t id);
 
 /* Makes bytes [offset, offset + bytes) of allocation `id` resident and pins
  * them (evicting least-recently-used unpinned pages, writing dirty ones to
- * the store, to stay within the budget); `*out_ptr` points at `offset`, and
- * the range is contiguous. Pins nest: every acquire needs one release of the
- * same range. Pinning more than the budget is QLORA_ERROR_OUT_OF_MEMORY. A
- * page that cannot be read back (I/O error, short read, checksum mismatch:
- * QLORA_ERROR_IO / QLORA_ERROR_FORMAT, message has the file, page and
- * offset) is never returned, and nothing stays pinned on failure.
- * HOST_SPILL_FILE pointers are host memory; CUDA_UNIFIED ones are managed
- * memory usable on the pager's device and the host. */
+ * the store, to stay within the budget); `*out_ptr` points at `offset` and
+ * stays valid until the matching release (the memory is reused after it).
+ * Pins nest: every acquire needs one release of the same range. Pinning more
+ * than the budget holds is QLORA_ERROR_OUT_OF_MEMORY. A page that cannot be
+ * read back (I/O error, short read, checksum mismatch: QLORA_ERROR_IO /
+ * QLORA_ERROR_FORMAT, message has the file, page and offset) is never
+ * returned, and nothing new stays pinned on failure.
+ * HOST_SPILL_FILE: the range must lie within one page (each page lives in
+ * its own frame; a range across pages is INVALID_ARGUMENT); pointers are
+ * host memory. CUDA_UNIFIED: any range (contiguous managed memory, usable on
+ * the pager's device and the host). */
 QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int64_t offset, int64_t bytes,
                                            qlora_pager_access access, void ** out_ptr);
 
@@ -384,7 +389,8 @@ typedef struct qlora_adamw_info {
     int32_t           n_buffers;
     int64_t           numel;       /* parameters over all buffers */
     int64_t           step;        /* completed steps */
-    int64_t           state_bytes; /* bytes of optimizer state (held by the pager when paged) */
+    int64_t           state_bytes; /* bytes of optimizer state; when paged, whole pages (what a
+                                      budget of 100% must hold) */
     int32_t           paged;       /* 1 when the states live in a pager */
     int32_t           failed;      /* 1 after a step failed half-way (load a checkpoint to recover) */
 } qlora_adamw_info;

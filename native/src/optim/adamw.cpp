@@ -193,7 +193,10 @@ void qlora_adamw::add_buffer(int64_t numel) {
     b.numel = numel;
     b.n_blocks = (numel + kBlock - 1) / kBlock;
     b.n_chunks = (b.n_blocks + blocks_per_chunk_ - 1) / blocks_per_chunk_;
-    b.storage_bytes = (b.n_chunks - 1) * chunk_stride_ + chunk_blocks(b, b.n_chunks - 1) * block_bytes_;
+    // Paged: whole pages (a page is the unit of residency, so this is what a
+    // budget must cover); unpaged: exactly the blocks.
+    b.storage_bytes = pager ? b.n_chunks * chunk_stride_
+                            : (b.n_chunks - 1) * chunk_stride_ + chunk_blocks(b, b.n_chunks - 1) * block_bytes_;
     if (pager) {
         b.alloc_id = pager->alloc(b.storage_bytes); // zero-filled
     } else {
@@ -295,23 +298,51 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
     const int64_t t = steps_done + 1;
     const StepConsts consts = step_consts(params, t, gscale);
     const bool eight = params.state == QLORA_OPTIM_STATE_8BIT;
+    // Chunks are updated in groups: all of a buffer at once when unpaged (its
+    // blocks are contiguous), else up to half the budget's pages pinned at a
+    // time (at least one), so that the thread pool is dispatched per group.
+    const int64_t group = pager ? std::clamp<int64_t>(pager->budget_bytes() / pager->page_bytes() / 2, 1, 8)
+                                : INT64_MAX;
     try {
         for (size_t i = 0; i < nb; ++i) {
             const Buffer & b = buffers[i];
-            for (int64_t c = 0; c < b.n_chunks; ++c) {
-                const int64_t blocks = chunk_blocks(b, c);
-                const int64_t e0 = c * blocks_per_chunk_ * kBlock;
-                const int64_t elems = std::min(b.numel - e0, blocks * kBlock);
-                ChunkAccess chunk(*this, b, c, QLORA_PAGER_READ_WRITE);
-                uint8_t * st = chunk.data();
-                float * pc = p[i] + e0;
-                const float * gc = g[i] + e0;
-                ctx.threads().parallel_for(blocks, 8, [&](int64_t b0, int64_t b1, int) {
-                    const int64_t n = std::min(elems, b1 * kBlock) - b0 * kBlock;
-                    if (eight)
-                        k.adamw8(consts, pc + b0 * kBlock, gc + b0 * kBlock, n, st + b0 * block_bytes_);
-                    else
-                        k.adamw32(consts, pc + b0 * kBlock, gc + b0 * kBlock, n, st + b0 * block_bytes_);
+            for (int64_t c0 = 0; c0 < b.n_chunks; c0 += std::min(group, b.n_chunks - c0)) {
+                const int64_t c1 = c0 + std::min(group, b.n_chunks - c0);
+                struct Piece {
+                    uint8_t * st;
+                    int64_t   block0; // first block of the chunk in the buffer
+                    int64_t   blocks;
+                };
+                std::vector<Piece> pieces;
+                std::vector<std::unique_ptr<ChunkAccess>> pins;
+                if (pager) {
+                    for (int64_t c = c0; c < c1; ++c) {
+                        pins.push_back(std::make_unique<ChunkAccess>(*this, b, c, QLORA_PAGER_READ_WRITE));
+                        pieces.push_back({pins.back()->data(), c * blocks_per_chunk_, chunk_blocks(b, c)});
+                    }
+                } else {
+                    // Unpaged chunks are back to back: one piece.
+                    pieces.push_back({const_cast<uint8_t *>(b.host.data()) + chunk_offset(c0), c0 * blocks_per_chunk_,
+                                      (c1 - c0 - 1) * blocks_per_chunk_ + chunk_blocks(b, c1 - 1)});
+                }
+                int64_t total = 0;
+                for (const Piece & pc : pieces) total += pc.blocks;
+                ctx.threads().parallel_for(total, 8, [&](int64_t b0, int64_t b1, int) {
+                    int64_t base = 0;
+                    for (const Piece & pc : pieces) {
+                        const int64_t lo = std::max(b0, base), hi = std::min(b1, base + pc.blocks);
+                        if (lo < hi) {
+                            const int64_t first = pc.block0 + (lo - base); // block index in the buffer
+                            const int64_t e0 = first * kBlock;
+                            const int64_t n = std::min(b.numel, (pc.block0 + (hi - base)) * kBlock) - e0;
+                            uint8_t * st = pc.st + (lo - base) * block_bytes_;
+                            if (eight)
+                                k.adamw8(consts, p[i] + e0, g[i] + e0, n, st);
+                            else
+                                k.adamw32(consts, p[i] + e0, g[i] + e0, n, st);
+                        }
+                        base += pc.blocks;
+                    }
                 });
             }
         }
