@@ -262,6 +262,26 @@ QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out);
 
 /* ------------------------------------------------------------------------ */
+/* ABI introspection                                                         */
+/* ------------------------------------------------------------------------ */
+/* The library's own answers about the layout of this header's types, so that
+ * bindings in other languages can check theirs (the C# binding tests do).
+ * Implemented by native/src/core/abi_layout.gen.cpp, which tools/BindingGen
+ * generates from this header. Names are the C spellings. An unknown name is
+ * INVALID_ARGUMENT. */
+
+/* sizeof of a named type: a struct, an enum, an opaque handle or a callback
+ * typedef (e.g. "qlora_view"). */
+QLORA_API qlora_status qlora_abi_struct_size(const char * type_name, size_t * out);
+
+/* offsetof(type_name, field_name), e.g. ("qlora_view", "rows"). */
+QLORA_API qlora_status qlora_abi_field_offset(const char * type_name, const char * field_name, size_t * out);
+
+/* Value of an enum constant or an integer #define of this header
+ * (e.g. "QLORA_ERROR_IO", "QLORA_DEVICE_HOST"). */
+QLORA_API qlora_status qlora_abi_enum_value(const char * constant_name, int64_t * out);
+
+/* ------------------------------------------------------------------------ */
 /* Memory pager: a residency budget for large, rarely-touched buffers        */
 /* (optimizer states). See docs/pager.md.                                    */
 /* ------------------------------------------------------------------------ */
