@@ -291,9 +291,11 @@ TEST(Adamw, F32UpdateMatchesAFloat64Oracle) {
                     max_err = std::max(max_err, std::fabs(params[i][e] - ref) / (1.0 + std::fabs(ref)));
                 }
         }
-        // fp32 rounds every update (|p| ~ 1: ulp 6e-8 per step); measured
-        // max ~1.2e-7 (variant 0/1) and ~4e-7 (variant 2) over 50 steps.
-        EXPECT_LT(max_err, 1e-6) << "max relative parameter error vs float64";
+        // Bound: fp32 rounds p twice per step (the update, the decay), each at
+        // most 2^-24 relative: 50 steps x 2 x 2^-24 = 6e-6 of |p| even if every
+        // rounding went the same way (the fp32 update term itself is accurate
+        // to ~1e-6 of lr * 1, far below). Measured: 4.5e-7 .. 7.1e-7.
+        EXPECT_LT(max_err, 6e-6) << "max relative parameter error vs float64";
         EXPECT_LT(max_norm_rel, 1e-12);
         if (variant == 0) {
             EXPECT_GT(clipped, 0);
@@ -302,7 +304,8 @@ TEST(Adamw, F32UpdateMatchesAFloat64Oracle) {
         } else {
             EXPECT_EQ(clipped, 50);
         }
-        RecordProperty("max_rel_err_variant_" + std::to_string(variant), std::to_string(max_err));
+        std::printf("[ float64 oracle, variant %d ] max |p32 - p64| / (1 + |p64|) over 50 steps: %.3g; max grad-norm "
+                    "relative error %.3g; clipped steps %d\n", variant, max_err, max_norm_rel, clipped);
     }
 }
 
@@ -435,8 +438,6 @@ TEST(Adamw, PagedRunsAreBitIdenticalToUnpagedAndStayInBudget) {
             } else {
                 EXPECT_EQ(s.page_outs, 0);
             }
-            RecordProperty(std::string(state_name(state)) + "_" + std::to_string(percent) + "_page_ins",
-                           std::to_string(s.page_ins));
         }
     }
 }
@@ -597,10 +598,6 @@ TEST(Adamw, EightBitFollowsThirtyTwoBitOnLeastSquares) {
                 "%.7g, 8-bit %.7g (rel gap %.3g); max rel loss gap while loss > 0.025 %.3g; max loss ratio steps 151..400 "
                 "%.3g; |x8-x32|/|x32| %.3g; |x-x_true|/|x_true| 32-bit %.4g, 8-bit %.4g\n", initial, l32, l8, final_gap,
                 descent_gap, plateau_ratio, x_gap, x32_err, x8_err);
-    RecordProperty("final_loss_rel_gap", std::to_string(final_gap));
-    RecordProperty("descent_loss_rel_gap", std::to_string(descent_gap));
-    RecordProperty("plateau_loss_ratio", std::to_string(plateau_ratio));
-    RecordProperty("param_rel_gap", std::to_string(x_gap));
     // Results are bit-identical on every machine and ISA, so these bounds are
     // about 3x the measured values (docs/pager.md): final gap 6.8e-6, descent
     // gap 0.057, plateau ratio 1.55, parameter gap 4.4e-7.
