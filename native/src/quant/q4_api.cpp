@@ -24,14 +24,17 @@ void check_blocksize(int32_t blocksize, const char * name) {
 
 namespace {
 
-void check_quant_type(qlora_quant_type type) {
-    QLORA_CHECK_ARG(type == QLORA_QUANT_NF4 || type == QLORA_QUANT_FP4 || type == QLORA_QUANT_INT4,
-                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(type));
+// Takes the enum's bytes, not its value: a caller across the C ABI can pass
+// any int, and loading an out-of-range value as the C++ enum type is UB.
+void check_quant_type(const qlora_quant_type * type) {
+    const int32_t v = raw_enum(*type);
+    QLORA_CHECK_ARG(v == QLORA_QUANT_NF4 || v == QLORA_QUANT_FP4 || v == QLORA_QUANT_INT4,
+                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(v));
 }
 
 void check_quant_params(const qlora_quant_params * p) {
     QLORA_CHECK_NOT_NULL(p);
-    check_quant_type(p->quant_type);
+    check_quant_type(&p->quant_type);
     check_blocksize(p->blocksize, "blocksize");
     if (p->double_quant) check_blocksize(p->nested_blocksize, "nested_blocksize");
 }
@@ -88,7 +91,7 @@ QLORA_API qlora_quant_params qlora_quant_default_params(void) {
 
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16) {
     return QLORA_GUARD({
-        check_quant_type(quant_type);
+        check_quant_type(&quant_type);
         QLORA_CHECK_NOT_NULL(out16);
         std::memcpy(out16, code_table(quant_type), 16 * sizeof(float));
     });
@@ -163,8 +166,9 @@ QLORA_API qlora_status qlora_q4_from_parts(qlora_context_t ctx, int64_t rows, in
         QLORA_CHECK_NOT_NULL(out);
         QLORA_CHECK_ARG(rows >= 1 && cols >= 1 && rows <= (INT64_C(1) << 40) / cols,
                         "shape [%lld, %lld] is invalid", static_cast<long long>(rows), static_cast<long long>(cols));
-        QLORA_CHECK_ARG(orig_dtype == QLORA_DTYPE_F32 || orig_dtype == QLORA_DTYPE_F16 || orig_dtype == QLORA_DTYPE_BF16,
-                        "orig_dtype must be F32, F16 or BF16, got %d", static_cast<int>(orig_dtype));
+        const int32_t od = raw_enum(orig_dtype);
+        QLORA_CHECK_ARG(od == QLORA_DTYPE_F32 || od == QLORA_DTYPE_F16 || od == QLORA_DTYPE_BF16,
+                        "orig_dtype must be F32, F16 or BF16, got %d", od);
         QLORA_CHECK_NOT_NULL(parts->packed);
         QLORA_CHECK_NOT_NULL(parts->code);
         auto t = std::make_unique<qlora_q4_tensor>();
