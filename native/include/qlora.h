@@ -178,8 +178,11 @@ QLORA_API qlora_status qlora_context_get_info(qlora_context_t ctx, qlora_context
 /* ------------------------------------------------------------------------ */
 
 typedef enum qlora_quant_type {
-    QLORA_QUANT_NF4 = 0,
-    QLORA_QUANT_FP4 = 1
+    QLORA_QUANT_NF4  = 0, /* bitsandbytes NormalFloat4 */
+    QLORA_QUANT_FP4  = 1, /* bitsandbytes FP4 (E2M1 variant) */
+    QLORA_QUANT_INT4 = 2  /* symmetric absmax Int4 (the QLoRA paper's baseline): value(i) = (i - 8) / 7,
+                             q = clamp(round_half_even(x / absmax * 7), -7, 7) + 8; it has no
+                             bitsandbytes checkpoint form (docs/quantization.md) */
 } qlora_quant_type;
 
 typedef struct qlora_quant_params {
@@ -247,7 +250,8 @@ QLORA_API qlora_status qlora_q4_get_parts(qlora_q4_tensor_t tensor, qlora_q4_par
 
 QLORA_API void qlora_q4_free(qlora_q4_tensor_t tensor);
 
-/* The 16-entry code table of a quant type, as bitsandbytes defines it. */
+/* The 16-entry code table of a quant type: NF4/FP4 as bitsandbytes defines them,
+ * INT4 as (i - 8) / 7 in fp32. */
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16);
 
 /* ------------------------------------------------------------------------ */
@@ -258,7 +262,7 @@ QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * 
  * total_bits=8): 256 sorted values from -0.9929... to 1.0. */
 QLORA_API qlora_status qlora_q8_dynamic_map(float * out256);
 
-/* Blockwise 8-bit quantization of `src` (F32, any shape, contiguous):
+/* Blockwise 8-bit quantization of `src` (F32, F16 or BF16, any shape, contiguous):
  * absmax[b] = max |x| over block b; q = nearest map entry to x / absmax[b]
  * (bitsandbytes' dQuantize). `q`: U8 with src's element count; `absmax`: F32
  * with ceil(n / blocksize) elements. `code` may be NULL (signed dynamic map)
@@ -266,9 +270,60 @@ QLORA_API qlora_status qlora_q8_dynamic_map(float * out256);
 QLORA_API qlora_status qlora_q8_quantize(qlora_context_t ctx, const qlora_view * src, int32_t blocksize,
                                          const qlora_view * code, const qlora_view * q, const qlora_view * absmax);
 
-/* out = code[q] * absmax[block]; `out` F32 with q's element count. */
+/* out = code[q] * absmax[block] in fp32, then converted to `out`'s dtype
+ * (F32, F16 or BF16; round to nearest even) with q's element count. */
 QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view * q, const qlora_view * absmax,
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out);
+
+/* ------------------------------------------------------------------------ */
+/* Fused 4-bit matmul (the frozen linear layers) and scratch statistics     */
+/* ------------------------------------------------------------------------ */
+
+/* W is a 4-bit tensor [N = out_features, K = in_features]. */
+typedef enum qlora_matmul_op {
+    QLORA_MATMUL_FORWARD  = 0, /* y[M,N] = alpha * x[M,K] . W^T + beta * y   (Y = X W^T)   */
+    QLORA_MATMUL_BACKWARD = 1  /* y[M,K] = alpha * x[M,N] . W   + beta * y   (dX = dY W)   */
+} qlora_matmul_op;
+
+typedef struct qlora_matmul_params {
+    qlora_matmul_op op;    /* default QLORA_MATMUL_FORWARD */
+    float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */
+    float           beta;  /* default 0; finite. 0: y is write-only (NaN/Inf already in y are
+                              not propagated); 1: accumulate into y (e.g. a LoRA branch) */
+} qlora_matmul_params;
+
+QLORA_API qlora_matmul_params qlora_matmul_default_params(void);
+
+/* Fused matmul with a 4-bit weight that is never dequantized as a whole: W is
+ * decoded panel by panel into per-thread tiles (or registers, for M <= 8), so
+ * the extra memory is bounded by the tile sizes, not by N*K (see
+ * qlora_context_get_stats).
+ *  - x, y: host views, F32 or BF16 each (they may differ), any row stride
+ *    >= cols (e.g. a TorchSharp tensor's memory, used in place). x and y must
+ *    not overlap. Shapes: see qlora_matmul_op; M, N, K >= 1.
+ *  - Accumulation is fp32. W is decoded to fp32 exactly as
+ *    qlora_q4_dequantize does, except with BF16 x, M > 8 and a CPU with
+ *    AVX512-BF16: then W is rounded to bf16 in the tiles (as bitsandbytes does
+ *    with a bf16 compute dtype) and multiplied with bf16 dot products.
+ *    Elsewhere BF16 x is widened to fp32 (exactly). A BF16 y is rounded to
+ *    nearest even from the fp32 result.
+ *  - Deterministic: the same inputs, backend, ISA and thread count give the
+ *    same bits; the CPU backend's result does not depend on the thread count.
+ *  - The REF backend is the scalar oracle (float64 accumulation). */
+QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x, qlora_q4_tensor_t w,
+                                       const qlora_view * y, const qlora_matmul_params * params);
+
+/* Scratch memory a context owns: per-thread tiles that kernels reuse between
+ * calls on that context. */
+typedef struct qlora_context_stats {
+    int64_t scratch_bytes;      /* scratch held now (kept between calls for reuse) */
+    int64_t scratch_peak_bytes; /* high-water mark of scratch_bytes since creation or the last reset */
+} qlora_context_stats;
+
+QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out);
+
+/* Releases the scratch the context holds and restarts the high-water mark at 0. */
+QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
 
 /* ------------------------------------------------------------------------ */
 /* ABI introspection                                                         */
@@ -515,6 +570,194 @@ QLORA_API qlora_status qlora_llama2c_tokenizer_info(qlora_llama2c_tokenizer_t to
 QLORA_API qlora_status qlora_llama2c_tokenizer_token(qlora_llama2c_tokenizer_t tokenizer, int32_t id,
                                                      const char ** out_piece, int32_t * out_length,
                                                      float * out_score);
+
+/* ------------------------------------------------------------------------ */
+/* Memory pager: a residency budget for large, rarely-touched buffers        */
+/* (optimizer states). See docs/pager.md.                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Where the pages that are not resident live. */
+typedef enum qlora_pager_backing {
+    QLORA_PAGER_HOST_SPILL_FILE = 0, /* host memory; evicted pages go to a spill file (CRC32C per page) */
+    QLORA_PAGER_CUDA_UNIFIED    = 1  /* CUDA managed memory, prefetched to the device on acquire and
+                                        evicted to the host past the budget; UNSUPPORTED unless the
+                                        library was built with -DQLORA_CUDA=ON */
+} qlora_pager_backing;
+
+/* How an acquired range will be used. */
+typedef enum qlora_pager_access {
+    QLORA_PAGER_READ       = 0, /* read only: the pages stay clean (never written back) */
+    QLORA_PAGER_READ_WRITE = 1, /* read and modified: the pages become dirty */
+    QLORA_PAGER_OVERWRITE  = 2  /* every byte of the range will be written: a page wholly inside it is
+                                   not read back from the store (its old contents are lost) */
+} qlora_pager_access;
+
+typedef struct qlora_pager * qlora_pager_t;
+
+typedef struct qlora_pager_params {
+    qlora_pager_backing backing;      /* default QLORA_PAGER_HOST_SPILL_FILE */
+    int64_t             budget_bytes; /* most bytes resident at once: HOST_SPILL_FILE keeps at most
+                                         floor(budget / page_bytes) page frames. Default INT64_MAX
+                                         (no limit); less than one page: INVALID_ARGUMENT */
+    int64_t             page_bytes;   /* default 1 MiB; a power of two in [4 KiB, 1 GiB] */
+    const char *        spill_dir;    /* HOST_SPILL_FILE: directory of the spill file (UTF-8), created
+                                         if missing; NULL = $TMPDIR or /tmp. Copied by create. */
+    int32_t             device;       /* CUDA_UNIFIED: CUDA device ordinal; default 0 */
+} qlora_pager_params;
+
+/* Counters of a pager. Resident, peak and pinned bytes count whole pages
+ * (the memory actually held); page-in/out byte counts are exact. */
+typedef struct qlora_pager_stats {
+    int64_t budget_bytes;
+    int64_t page_bytes;
+    int64_t allocations;         /* live allocations */
+    int64_t allocated_bytes;     /* their total size */
+    int64_t resident_bytes;      /* bytes of resident pages; never above budget_bytes */
+    int64_t peak_resident_bytes; /* highest resident_bytes since create / reset */
+    int64_t pinned_bytes;        /* bytes of acquired (pinned) pages */
+    int64_t page_ins;            /* pages read back from the store */
+    int64_t page_outs;           /* pages written to the store */
+    int64_t evictions;           /* pages made non-resident (clean ones are not written) */
+    int64_t bytes_paged_in;
+    int64_t bytes_spilled;       /* bytes written to the store */
+    int64_t store_bytes;         /* current size of the store (spill file) */
+} qlora_pager_stats;
+
+QLORA_API qlora_pager_params qlora_pager_default_params(void);
+
+/* Creates a pager. HOST_SPILL_FILE creates `spill_dir` if needed and a new,
+ * uniquely named spill file in it (removed by qlora_pager_free); a directory
+ * that cannot be created or written is QLORA_ERROR_IO (message has the path). */
+QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlora_pager_t * out);
+
+/* Frees the handle. Allocations still used by an optimizer keep the pager's
+ * storage alive until that optimizer is freed. Accepts NULL. */
+QLORA_API void qlora_pager_free(qlora_pager_t pager);
+
+/* A new zero-filled allocation of `bytes` bytes (no memory is committed until
+ * a page is acquired), addressed by the id written to `out_id` (> 0). */
+QLORA_API qlora_status qlora_pager_alloc(qlora_pager_t pager, int64_t bytes, int64_t * out_id);
+
+/* Frees an allocation; none of its pages may be acquired. */
+QLORA_API qlora_status qlora_pager_dealloc(qlora_pager_t pager, int64_t id);
+
+/* Makes bytes [offset, offset + bytes) of allocation `id` resident and pins
+ * them (evicting least-recently-used unpinned pages, writing dirty ones to
+ * the store, to stay within the budget); `*out_ptr` points at `offset` and
+ * stays valid until the matching release (the memory is reused after it).
+ * Pins nest: every acquire needs one release of the same range. Pinning more
+ * than the budget holds is QLORA_ERROR_OUT_OF_MEMORY. A page that cannot be
+ * read back (I/O error, short read, checksum mismatch: QLORA_ERROR_IO /
+ * QLORA_ERROR_FORMAT, message has the file, page and offset) is never
+ * returned, and nothing new stays pinned on failure.
+ * HOST_SPILL_FILE: the range must lie within one page (each page lives in
+ * its own frame; a range across pages is INVALID_ARGUMENT); pointers are
+ * host memory. CUDA_UNIFIED: any range (contiguous managed memory, usable on
+ * the pager's device and the host). */
+QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int64_t offset, int64_t bytes,
+                                           qlora_pager_access access, void ** out_ptr);
+
+/* Unpins a range acquired before; its pointer must not be used afterwards. */
+QLORA_API qlora_status qlora_pager_release(qlora_pager_t pager, int64_t id, int64_t offset, int64_t bytes);
+
+/* Evicts least-recently-used unpinned pages until at most `target_bytes` are
+ * resident (0: everything unpinned). */
+QLORA_API qlora_status qlora_pager_trim(qlora_pager_t pager, int64_t target_bytes);
+
+QLORA_API qlora_status qlora_pager_get_stats(qlora_pager_t pager, qlora_pager_stats * out);
+
+/* Zeroes the page-in/out counters and sets the peak to the current residency. */
+QLORA_API qlora_status qlora_pager_reset_stats(qlora_pager_t pager);
+
+/* ------------------------------------------------------------------------ */
+/* AdamW optimizer with 32-bit or 8-bit blockwise states (optionally paged)  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum qlora_optim_state {
+    QLORA_OPTIM_STATE_F32  = 0, /* m and v in fp32: 8 bytes per parameter */
+    QLORA_OPTIM_STATE_8BIT = 1  /* bitsandbytes' 8-bit blockwise states (block 256; m with the signed,
+                                   v with the unsigned dynamic map; fp32 absmax per block):
+                                   2.03 bytes per parameter */
+} qlora_optim_state;
+
+typedef struct qlora_adamw_params {
+    qlora_optim_state state;           /* default QLORA_OPTIM_STATE_F32 */
+    float             lr;              /* default 1e-3; >= 0 */
+    float             beta1;           /* default 0.9; in [0, 1) */
+    float             beta2;           /* default 0.999; in [0, 1) */
+    float             eps;             /* default 1e-8; > 0 */
+    float             weight_decay;    /* default 0.01; decoupled (AdamW); >= 0 */
+    float             max_grad_norm;   /* default 0 = no clipping; else gradients are scaled by
+                                          max_grad_norm / (norm + 1e-6) when that is below 1 */
+    int32_t           bias_correction; /* default 1 */
+} qlora_adamw_params;
+
+typedef struct qlora_adamw * qlora_adamw_t;
+
+typedef struct qlora_adamw_info {
+    qlora_optim_state state;
+    int32_t           n_buffers;
+    int64_t           numel;       /* parameters over all buffers */
+    int64_t           step;        /* completed steps */
+    int64_t           state_bytes; /* bytes of optimizer state; when paged, whole pages (what a
+                                      budget of 100% must hold) */
+    int32_t           paged;       /* 1 when the states live in a pager */
+    int32_t           failed;      /* 1 after a step failed half-way (load a checkpoint to recover) */
+} qlora_adamw_info;
+
+typedef struct qlora_adamw_step_info {
+    int64_t step;       /* the step just completed (1 after the first) */
+    double  grad_norm;  /* global L2 norm of all gradients (float64), before clipping */
+    float   clip_scale; /* factor the gradients were scaled by (1 when not clipped) */
+} qlora_adamw_step_info;
+
+QLORA_API qlora_adamw_params qlora_adamw_default_params(void);
+
+/* Creates an optimizer with one parameter group. With `pager` NULL the states
+ * live in ordinary host memory; otherwise in that pager, which the optimizer
+ * keeps alive (the pager handle itself may be freed first). */
+QLORA_API qlora_status qlora_adamw_create(const qlora_adamw_params * params, qlora_pager_t pager,
+                                          qlora_adamw_t * out);
+QLORA_API void         qlora_adamw_free(qlora_adamw_t opt);
+
+/* Registers a parameter buffer of `numel` fp32 elements (before the first
+ * step); its states start at zero. `out_index` (may be NULL) gets its index,
+ * the order in which qlora_adamw_step takes the views. Only sizes are
+ * registered, never pointers: the step takes fresh views every time, so
+ * storage that moves between steps (e.g. a gradient re-allocated after
+ * zero_grad(set_to_none)) is fine. */
+QLORA_API qlora_status qlora_adamw_add_buffer(qlora_adamw_t opt, int64_t numel, int32_t * out_index);
+
+/* Replaces the hyper-parameters (e.g. the learning rate of a schedule); the
+ * state type cannot change. */
+QLORA_API qlora_status qlora_adamw_set_params(qlora_adamw_t opt, const qlora_adamw_params * params);
+QLORA_API qlora_status qlora_adamw_get_params(qlora_adamw_t opt, qlora_adamw_params * out);
+QLORA_API qlora_status qlora_adamw_get_info(qlora_adamw_t opt, qlora_adamw_info * out);
+
+/* One AdamW step over every registered buffer. `params[i]` / `grads[i]` are
+ * contiguous host F32 views with buffer i's element count (any 2-D shape);
+ * no two may overlap. Gradients are read, never modified (clipping scales
+ * them on the fly). Order per element, as bitsandbytes' kernels: g *= clip;
+ * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p += -lr sqrt(1-b2^t)/(1-b1^t)
+ * * m / (sqrt(v) + eps sqrt(1-b2^t)); then p *= 1 - lr wd. 8-bit states are
+ * dequantized before and requantized with the new block absmax after.
+ * A non-finite gradient is INVALID_ARGUMENT (buffer and element named) and
+ * changes nothing. Results are bit-identical across backends, ISAs, thread
+ * counts and pager budgets. `out` may be NULL. */
+QLORA_API qlora_status qlora_adamw_step(qlora_context_t ctx, qlora_adamw_t opt, const qlora_view * params,
+                                        const qlora_view * grads, int32_t n_buffers, qlora_adamw_step_info * out);
+
+/* Writes hyper-parameters, step, buffer sizes and states to `path`
+ * atomically (temporary file in the same directory, fsync, rename): on
+ * failure the previous file, if any, is left unchanged. */
+QLORA_API qlora_status qlora_adamw_save(qlora_adamw_t opt, const char * path);
+
+/* Restores a file written by qlora_adamw_save: hyper-parameters, step and
+ * states. The file is fully validated first (magic, version, state type,
+ * sizes, CRC32C); a file whose buffer count or sizes differ from the
+ * registered buffers is refused (INVALID_ARGUMENT naming the buffer), and any
+ * refusal leaves the optimizer unchanged. */
+QLORA_API qlora_status qlora_adamw_load(qlora_adamw_t opt, const char * path);
 
 #ifdef __cplusplus
 }

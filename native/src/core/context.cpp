@@ -5,6 +5,10 @@
 
 #include <algorithm>
 
+#if QLORA_CUDA
+#include "cuda/cuda_device.hpp"
+#endif
+
 namespace qlora {
 qlora_context & checked(qlora_context_t ctx) {
     QLORA_CHECK_ARG(ctx != nullptr, "context must not be NULL");
@@ -56,7 +60,14 @@ QLORA_API qlora_status qlora_context_create(const qlora_context_params * params,
                 ctx->isa = QLORA_ISA_SCALAR;
                 break;
             case QLORA_BACKEND_CUDA:
+#if QLORA_CUDA
+                cuda::select_device(params->device);
+                ctx->backend = QLORA_BACKEND_CUDA;
+                ctx->isa = isa; // host-side helpers may still use the CPU kernels
+                break;
+#else
                 fail(QLORA_ERROR_UNSUPPORTED, "the CUDA backend is not part of this build (configure with -DQLORA_CUDA=ON)");
+#endif
             default: fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backend value %d", backend);
         }
         const int n = params->n_threads == 0 ? hardware_threads() : params->n_threads;
@@ -79,6 +90,21 @@ QLORA_API qlora_status qlora_context_get_info(qlora_context_t ctx, qlora_context
         info.device = c.device;
         *out = info;
     });
+}
+
+QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out) {
+    return QLORA_GUARD({
+        auto & c = qlora::checked(ctx);
+        QLORA_CHECK_NOT_NULL(out);
+        qlora_context_stats s{};
+        s.scratch_bytes = c.scratch.bytes();
+        s.scratch_peak_bytes = c.scratch.peak();
+        *out = s;
+    });
+}
+
+QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx) {
+    return QLORA_GUARD({ qlora::checked(ctx).scratch.release(); });
 }
 
 } // extern "C"
