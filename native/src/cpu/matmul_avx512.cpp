@@ -460,8 +460,10 @@ struct OpsBF16 : OpsBase<uint32_t> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
-        const uint32_t * row[R];
-        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
+        // Sp may be x's own bf16 memory, read here as pairs: a may_alias type.
+        typedef uint32_t __attribute__((may_alias)) pair_t;
+        const pair_t * row[R];
+        for (int j = 0; j < R; ++j) row[j] = reinterpret_cast<const pair_t *>(Sp + j * sps);
         for (int r = 0; r < steps; ++r) {
             const __m512bh b0 = (__m512bh)(_mm512_load_si512(Bp + 32 * r));
             const __m512bh b1 = (__m512bh)(_mm512_load_si512(Bp + 32 * r + 16));
