@@ -279,12 +279,14 @@ QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view
 /* Fused 4-bit matmul (the frozen linear layers) and scratch statistics     */
 /* ------------------------------------------------------------------------ */
 
-/* W is a 4-bit tensor [N = out_features, K = in_features]. */
+/* Which product qlora_q4_matmul computes; W is a 4-bit tensor
+ * [N = out_features, K = in_features]. */
 typedef enum qlora_matmul_op {
     QLORA_MATMUL_FORWARD  = 0, /* y[M,N] = alpha * x[M,K] . W^T + beta * y   (Y = X W^T)   */
     QLORA_MATMUL_BACKWARD = 1  /* y[M,K] = alpha * x[M,N] . W   + beta * y   (dX = dY W)   */
 } qlora_matmul_op;
 
+/* Parameters of qlora_q4_matmul (qlora_matmul_default_params fills them in). */
 typedef struct qlora_matmul_params {
     qlora_matmul_op op;    /* default QLORA_MATMUL_FORWARD */
     float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */

@@ -2,12 +2,13 @@
 // and bf16 tiles with vdpbf16ps (BF16 x on AVX512-BF16 CPUs). The driver is
 // matmul_impl.hpp; this file has the decoders, packers and micro-kernels.
 //
-// Decoding 32 elements (16 bytes, one block, fp32 scale s): the bytes widen to
-// 16 dwords; >> 4 gives the even elements' codes, the low nibble (vpermps
-// ignores the upper index bits) the odd ones; vpermps looks both up in the
-// 16-entry code table held in a register, and a multiply by s gives exactly the
-// dequantized fp32 values. Even elements land in one vector and odd ones in
-// the other, hence perm(p) below.
+// Decoding 32 elements of a row (16 bytes, one block, fp32 scale s): the bytes
+// widen to 16 dwords; >> 4 gives the even elements' codes, the byte itself the
+// odd ones (vpermps reads only the low 4 index bits); vpermps looks both up in
+// the 16-entry code table multiplied by s once, which yields exactly the
+// dequantized fp32 values code[q] * s. Even elements land in one vector and
+// odd ones in the other, hence perm(p) below. Forward GEMM panels (lanes = rows
+// of W) decode a transposed view instead: see decode_rows_transposed.
 #define QLORA_MM_NS avx512
 #include "cpu/matmul_impl.hpp"
 #include "cpu/matmul_cpu.hpp"
@@ -24,13 +25,6 @@ namespace {
 
 // Position p of a 32-chunk holds element perm(p): evens, then odds.
 inline int perm32(int p) { return p < 16 ? 2 * p : 2 * (p - 16) + 1; }
-
-inline void decode32(const uint8_t * packed, int64_t g, __m512 code, float scale, __m512 & H, __m512 & L) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(packed + (g >> 1))));
-    const __m512 s = _mm512_set1_ps(scale);
-    H = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), code), s);
-    L = _mm512_mul_ps(_mm512_permutexvar_ps(v, code), s);
-}
 
 // In-register 16x16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i.
 inline void transpose16(__m512 r[16]) {
@@ -58,35 +52,6 @@ inline void transpose16(__m512 r[16]) {
         r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
     }
 }
-
-// Transposes a 16x16 tile of 32-bit values (row stride 16) into dst rows
-// (stride dst_stride floats).
-inline void transpose_store(const float * tile, float * dst, int64_t dst_stride) {
-    __m512 r[16];
-    for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(tile + 16 * i);
-    transpose16(r);
-    for (int j = 0; j < 16; ++j) _mm512_store_ps(dst + j * dst_stride, r[j]);
-}
-
-// 32 activations at x[i..i+32) as fp32.
-inline void load32(const void * x, qlora_dtype dtype, int64_t i, __m512 & v0, __m512 & v1) {
-    if (dtype == QLORA_DTYPE_F32) {
-        const float * p = static_cast<const float *>(x) + i;
-        v0 = _mm512_loadu_ps(p);
-        v1 = _mm512_loadu_ps(p + 16);
-    } else {
-        const uint16_t * p = static_cast<const uint16_t *>(x) + i;
-        const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
-        const __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 16)));
-        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
-        v1 = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
-    }
-}
-
-inline __m512i idx_evens() {
-    return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-}
-inline __m512i idx_odds() { return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31); }
 
 // ---------------------------------------------------------------------------
 // Chunk scales, vectorized: out[c] = scale of the 32-element chunk at
@@ -171,11 +136,10 @@ void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
                     _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
 #pragma GCC unroll 4
             for (int i = 0; i < NR; ++i) {
+                // the table scaled once: vpermps then picks exactly code[q] * s
+                const __m512 table = _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c]));
                 __m512 H, L;
-                decode32_codes(rowp[i] + 16 * (s0 + c), code, H, L);
-                const __m512 sv = _mm512_set1_ps(sc[i][c]);
-                H = _mm512_mul_ps(H, sv);
-                L = _mm512_mul_ps(L, sv);
+                decode32_codes(rowp[i] + 16 * (s0 + c), table, H, L);
 #pragma GCC unroll 8
                 for (int m = 0; m < MR; ++m) {
                     const float * x = xs + m * K + 32 * c;
@@ -233,12 +197,8 @@ void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
                     _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
             __m512 H[NR], L[NR];
 #pragma GCC unroll 4
-            for (int i = 0; i < NR; ++i) {
-                decode32_codes(rowp[i] + 16 * (s0 + c), code, H[i], L[i]);
-                const __m512 sv = _mm512_set1_ps(sc[i][c]);
-                H[i] = _mm512_mul_ps(H[i], sv);
-                L[i] = _mm512_mul_ps(L[i], sv);
-            }
+            for (int i = 0; i < NR; ++i) // scaled table: vpermps picks exactly code[q] * s
+                decode32_codes(rowp[i] + 16 * (s0 + c), _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c])), H[i], L[i]);
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
                 float * p = acc + m * kv + 32 * (s0 + c);
@@ -380,10 +340,9 @@ struct OpsF32 : OpsBase<float> {
         for (int r = 0; r < nr; ++r, p += row_bytes) {
             _mm_prefetch(reinterpret_cast<const char *>(p) + 64, _MM_HINT_T0); // the next panels' line
             __m512 H, L;
-            decode32_codes(p, code, H, L);
-            const __m512 sv = _mm512_set1_ps(sc[r]);
-            _mm512_store_ps(Bp + 32 * r, _mm512_mul_ps(H, sv));
-            _mm512_store_ps(Bp + 32 * r + 16, _mm512_mul_ps(L, sv));
+            decode32_codes(p, _mm512_mul_ps(code, _mm512_set1_ps(sc[r])), H, L);
+            _mm512_store_ps(Bp + 32 * r, H);
+            _mm512_store_ps(Bp + 32 * r + 16, L);
         }
     }
 
@@ -481,16 +440,8 @@ struct OpsBF16 : OpsBase<uint32_t> {
             const uint8_t * p = w.packed + (((n0 + r) * w.K + k0) >> 1);
             _mm_prefetch(reinterpret_cast<const char *>(p) + 64, _MM_HINT_T0); // the next panels' lines
             _mm_prefetch(reinterpret_cast<const char *>(p + row_bytes) + 64, _MM_HINT_T0);
-            decode32_codes(p, code, H0, L0);
-            const __m512 s0 = _mm512_set1_ps(sc[r]);
-            H0 = _mm512_mul_ps(H0, s0);
-            L0 = _mm512_mul_ps(L0, s0);
-            if (r + 1 < nr) {
-                decode32_codes(p + row_bytes, code, H1, L1);
-                const __m512 s1 = _mm512_set1_ps(sc[r + 1]);
-                H1 = _mm512_mul_ps(H1, s1);
-                L1 = _mm512_mul_ps(L1, s1);
-            }
+            decode32_codes(p, _mm512_mul_ps(code, _mm512_set1_ps(sc[r])), H0, L0);
+            if (r + 1 < nr) decode32_codes(p + row_bytes, _mm512_mul_ps(code, _mm512_set1_ps(sc[r + 1])), H1, L1);
             uint32_t * dst = Bp + 16 * r; // row r / 2 of 32 dwords
             _mm512_store_si512(dst, _mm512_permutexvar_epi16(inter, bf16_pairs(H1, H0)));
             _mm512_store_si512(dst + 16, _mm512_permutexvar_epi16(inter, bf16_pairs(L1, L0)));
@@ -509,8 +460,10 @@ struct OpsBF16 : OpsBase<uint32_t> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
-        const uint32_t * row[R];
-        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
+        // Sp may be x's own bf16 memory, read here as pairs: a may_alias type.
+        typedef uint32_t __attribute__((may_alias)) pair_t;
+        const pair_t * row[R];
+        for (int j = 0; j < R; ++j) row[j] = reinterpret_cast<const pair_t *>(Sp + j * sps);
         for (int r = 0; r < steps; ++r) {
             const __m512bh b0 = (__m512bh)(_mm512_load_si512(Bp + 32 * r));
             const __m512bh b1 = (__m512bh)(_mm512_load_si512(Bp + 32 * r + 16));
