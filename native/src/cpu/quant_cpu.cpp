@@ -23,8 +23,7 @@ bool make_q8_search(const float * code, Q8Search & out) {
         const int step = 128 >> l;
         for (int m = 0; m < 128; ++m) out.level[l][m] = m < (1 << l) ? code[m * 2 * step + step - 1] : 0.0f;
     }
-    for (int j = 0; j < 255; ++j) out.mid[j] = (code[j + 1] + code[j]) * 0.5f;
-    out.mid[255] = 0.0f;
+    out.top = code[255];
     return true;
 }
 
