@@ -62,7 +62,10 @@ internal static class ModelCommands
 
     private static void Log(string line) => Console.Error.WriteLine(line);
 
-    private static void Print(JsonObject o) => Console.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
+    private static readonly JsonSerializerOptions JsonOptions =
+        new() { WriteIndented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    private static void Print(JsonObject o) => Console.WriteLine(o.ToJsonString(JsonOptions));
 
     private static double Round(double v, int digits = 4) => Math.Round(v, digits);
 
@@ -344,7 +347,7 @@ internal static class Inspector
         {
             var first = qa[0]!;
             Console.WriteLine($"bitsandbytes 4-bit layers: {qa.Count} ({first["quant_type"]}, block {first["blocksize"]}, double quant {first["double_quant"]}), " +
-                              $"{report["quantized_params"]} parameters, {qa.Sum(x => x!["bytes"]!.GetValue<long>()) * 8.0 / report["quantized_params"]!.GetValue<long>():F3} bits/param");
+                              $"{report["quantized_params"]} parameters, {qa.Sum(x => x!["bytes"]!.GetValue<long>()) * 8.0 / report["quantized_params"]!.GetValue<long>():F3} bits/param in the file (incl. each layer's code tables and quant state)");
         }
         if (report["params"] is JsonNode p) Console.WriteLine($"parameters: {p.GetValue<long>():N0}");
         Console.WriteLine($"bytes: {report["bytes"]!.GetValue<long>():N0} ({report["bytes"]!.GetValue<long>() / 1048576.0:F2} MiB)" +
