@@ -14,6 +14,9 @@
 //   ratio      GB/s / copy_GB/s
 //   ratio_best the same from the fastest iteration of each (least disturbed
 //              by other work on a shared machine)
+// BM_Q4Quantize times the work of qlora_q4_quantize into arrays allocated
+// once; BM_Q4QuantizeApi the public call, which allocates the new tensor
+// every time (first-touch page faults included).
 //
 // Report (`qlora_bench --quant-report [--model PATH]`): a markdown table of
 // bits per parameter and of quantization error (RMSE, max |error|) of NF4,
@@ -25,6 +28,7 @@
 #include "core/context.hpp"
 #include "core/half.hpp"
 #include "qlora.h"
+#include "quant/kernels.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -212,8 +216,10 @@ void dequantize_case(benchmark::State & state, qlora_quant_type type, qlora_dtyp
                    qlora_cpu_isa_name(isa == QLORA_ISA_BEST ? qlora_cpu_isa_detected() : isa));
 }
 
-void quantize_case(benchmark::State & state, qlora_quant_type type, qlora_dtype in, int dq, int threads,
-                   qlora_cpu_isa isa) {
+// qlora_q4_quantize itself: allocates the new tensor each time, so first-touch
+// page faults of its arrays are included (expensive on a VM: see docs).
+void quantize_api_case(benchmark::State & state, qlora_quant_type type, qlora_dtype in, int dq, int threads,
+                       qlora_cpu_isa isa) {
     if (!isa_available(isa, state)) return;
     qlora_context_t ctx = context(threads, isa);
     qlora_quant_params p = qlora_quant_default_params();
@@ -226,6 +232,40 @@ void quantize_case(benchmark::State & state, qlora_quant_type type, qlora_dtype 
         qlora_q4_tensor_t t = nullptr;
         check(qlora_q4_quantize(ctx, &v, &p, &t), "qlora_q4_quantize");
         qlora_q4_free(t);
+    });
+    state.SetLabel(std::string(dtype_label(in)) + " -> " + quant_label(type) + (dq ? "+DQ" : "") + " (API, allocating), " +
+                   qlora_cpu_isa_name(isa == QLORA_ISA_BEST ? qlora_cpu_isa_detected() : isa));
+}
+
+// The work of qlora_q4_quantize into arrays allocated and touched once: the
+// fused absmax + codes kernel, then double quantization of the scales.
+void quantize_case(benchmark::State & state, qlora_quant_type type, qlora_dtype in, int dq, int threads,
+                   qlora_cpu_isa isa) {
+    if (!isa_available(isa, state)) return;
+    qlora_context_t ctx = context(threads, isa);
+    const qlora::Q4Shape shape{kNumel, 64, type};
+    const int64_t nb = shape.n_blocks(), nnb = (nb + 255) / 256;
+    static HostArray<uint8_t> packed, qabsmax;
+    static HostArray<float> absmax, nested;
+    if (packed.size() == 0) {
+        packed.resize(static_cast<size_t>((kNumel + 1) / 2));
+        qabsmax.resize(static_cast<size_t>(nb));
+        absmax.resize(static_cast<size_t>(nb));
+        nested.resize(static_cast<size_t>(nnb));
+        std::memset(packed.data(), 0, packed.bytes());
+        std::memset(qabsmax.data(), 0, qabsmax.bytes());
+        std::memset(absmax.data(), 0, absmax.bytes());
+        std::memset(nested.data(), 0, nested.bytes());
+    }
+    float code[256];
+    check(qlora_q8_dynamic_map(code), "qlora_q8_dynamic_map");
+    const void * x = inputs().of(in);
+    const size_t in_bytes = static_cast<size_t>(kNumel) * qlora_dtype_size(in);
+    const double bytes = static_cast<double>(in_bytes) + static_cast<double>(storage_bytes(quantized(type, dq)));
+    measure(state, ctx, bytes, in_bytes, [&] {
+        if (!qlora::cpu::q4_quantize(*ctx, x, in, shape, absmax.data(), packed.data()))
+            throw std::runtime_error("non-finite input");
+        if (dq) qlora::double_quantize(*ctx, absmax.data(), nb, 256, code, qabsmax.data(), nested.data());
     });
     state.SetLabel(std::string(dtype_label(in)) + " -> " + quant_label(type) + (dq ? "+DQ" : "") + ", " +
                    qlora_cpu_isa_name(isa == QLORA_ISA_BEST ? qlora_cpu_isa_detected() : isa));
@@ -250,6 +290,19 @@ void grid(benchmark::internal::Benchmark * b) {
 }
 BENCHMARK(BM_Q4Dequantize)->Apply(grid)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Q4Quantize)->Apply(grid)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// The public call with its allocations, f32 and bf16 -> NF4 + DQ. args: dtype index, threads
+void BM_Q4QuantizeApi(benchmark::State & state) {
+    quantize_api_case(state, QLORA_QUANT_NF4, kDtypes[state.range(0)], 1, static_cast<int>(state.range(1)),
+                      QLORA_ISA_BEST);
+}
+BENCHMARK(BM_Q4QuantizeApi)
+    ->ArgNames({"dtype", "threads"})
+    ->Args({0, 1})
+    ->Args({0, 2})
+    ->Args({1, 2})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 // Every ISA level on 2 threads: NF4+DQ -> bf16, f32 -> NF4+DQ. arg: qlora_cpu_isa
 void BM_Q4DequantizeIsa(benchmark::State & state) {

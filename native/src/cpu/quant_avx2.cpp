@@ -284,11 +284,22 @@ void dequant_16(const uint8_t * packed, const float * code16, const float * scal
 // N x 8 values through each level together (independent dependency chains).
 template <int N>
 inline void dquantize(const __m256 (&x)[N], __m256i (&r)[N], const Q8Search & s) {
+    // lo / hi: the entries bracketing x so far (see avx512): the midpoint needs no gather.
     __m256i pos[N];
-    for (int k = 0; k < N; ++k) pos[k] = _mm256_setzero_si256();
+    __m256 lo[N], hi[N];
+    for (int k = 0; k < N; ++k) {
+        pos[k] = _mm256_setzero_si256();
+        lo[k] = _mm256_setzero_ps();
+        hi[k] = _mm256_set1_ps(s.top);
+    }
     auto step = [&](auto lookup, int s_step) {
-        for (int k = 0; k < N; ++k)
-            pos[k] = _mm256_add_epi32(pos[k], bits_of(_mm256_cmp_ps(x[k], lookup(pos[k]), _CMP_GT_OQ), s_step));
+        for (int k = 0; k < N; ++k) {
+            const __m256 c = lookup(pos[k]);
+            const __m256 m = _mm256_cmp_ps(x[k], c, _CMP_GT_OQ);
+            pos[k] = _mm256_add_epi32(pos[k], bits_of(m, s_step));
+            lo[k] = _mm256_blendv_ps(lo[k], c, m);
+            hi[k] = _mm256_blendv_ps(c, hi[k], m);
+        }
     };
     const __m256 l0 = _mm256_set1_ps(s.level[0][0]), l1a = _mm256_set1_ps(s.level[1][0]),
                  l1b = _mm256_set1_ps(s.level[1][1]), l2 = _mm256_load_ps(s.level[2]), l3 = _mm256_load_ps(s.level[3]);
@@ -302,7 +313,7 @@ inline void dquantize(const __m256 (&x)[N], __m256i (&r)[N], const Q8Search & s)
     step([&](__m256i p) { return _mm256_i32gather_ps(s.level[7], _mm256_srli_epi32(p, 1), 4); }, 1);
     for (int k = 0; k < N; ++k) {
         const __m256i j = _mm256_sub_epi32(pos[k], _mm256_set1_epi32(1));
-        const __m256 mid = _mm256_i32gather_ps(s.mid, _mm256_max_epi32(j, _mm256_setzero_si256()), 4);
+        const __m256 mid = _mm256_mul_ps(_mm256_add_ps(hi[k], lo[k]), _mm256_set1_ps(0.5f));
         const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(pos[k], _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
         const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(x[k], mid, _CMP_GT_OQ));
         const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(x[k], mid, _CMP_GE_OQ));

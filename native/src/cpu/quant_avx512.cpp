@@ -319,13 +319,24 @@ inline __m512 lut(__m512i idx, const float * t) {
 // dependency chain, and independent chains side by side keep the units busy.
 template <int N>
 inline void dquantize(const __m512 (&x)[N], __m512i (&r)[N], const Q8Search & s) {
+    // Each level also keeps the entries that bracket x so far: the largest
+    // c[j] < x (lo) and the smallest c[j] >= x (hi). At the end they are
+    // c[k' - 1] and c[k'] (c[255] when every step went up), the two operands
+    // of the midpoint M[k' - 1], so it needs no lookup.
     __m512i pos[N];
-    for (int k = 0; k < N; ++k) pos[k] = _mm512_setzero_si512();
+    __m512 lo[N], hi[N];
+    for (int k = 0; k < N; ++k) {
+        pos[k] = _mm512_setzero_si512();
+        lo[k] = _mm512_setzero_ps();
+        hi[k] = _mm512_set1_ps(s.top);
+    }
     auto step = [&](auto lookup, int shift, int s_step) {
         for (int k = 0; k < N; ++k) {
             const __m512 c = lookup(_mm512_srli_epi32(pos[k], shift));
             const __mmask16 m = _mm512_cmp_ps_mask(x[k], c, _CMP_GT_OQ);
             pos[k] = _mm512_mask_add_epi32(pos[k], m, pos[k], _mm512_set1_epi32(s_step));
+            lo[k] = _mm512_mask_mov_ps(lo[k], m, c);
+            hi[k] = _mm512_mask_mov_ps(c, m, hi[k]);
         }
     };
     const __m512 l0 = _mm512_set1_ps(s.level[0][0]);
@@ -338,9 +349,9 @@ inline void dquantize(const __m512 (&x)[N], __m512i (&r)[N], const Q8Search & s)
     step([&](__m512i i) { return lut<64>(i, s.level[6]); }, 2, 2);
     step([&](__m512i i) { return lut<128>(i, s.level[7]); }, 1, 1);
     for (int k = 0; k < N; ++k) {
-        // pos = k' in [0, 255]
+        // pos = k' in [0, 255]; M[k' - 1] = (c[k'] + c[k' - 1]) * 0.5f, as bitsandbytes rounds it
         const __m512i j = _mm512_sub_epi32(pos[k], _mm512_set1_epi32(1));
-        const __m512 mid = lut<256>(j, s.mid);
+        const __m512 mid = _mm512_mul_ps(_mm512_add_ps(hi[k], lo[k]), _mm512_set1_ps(0.5f));
         const __mmask16 odd = _mm512_test_epi32_mask(pos[k], _mm512_set1_epi32(1));
         const __mmask16 gt = _mm512_cmp_ps_mask(x[k], mid, _CMP_GT_OQ), ge = _mm512_cmp_ps_mask(x[k], mid, _CMP_GE_OQ);
         const __mmask16 up = static_cast<__mmask16>((odd & gt) | (~odd & ge));

@@ -24,9 +24,12 @@ namespace qlora::cpu {
 // neighbours (its in-order neighbours) as bracketing entries. k itself is a
 // branch-free lower-bound search with steps 128..1; level l (0..7) of that
 // search reads c[m * 2s + s - 1] with s = 128 >> l and m = pos >> (8 - l).
+// The kernels keep the last entry below x and the last one not below it as
+// they go: at the end those are c[k - 1] and c[k] (c[255] if no step went
+// down), the operands of M[k - 1].
 struct Q8Search {
     alignas(64) float level[8][128]; // level[l][m], 1 << l entries used
-    alignas(64) float mid[256];      // M[0..254]; M[255] unused
+    float top;                       // c[255]
 };
 // Fills `out` from `code256`; false if the map is not non-decreasing (the
 // derivation above needs it), in which case callers use the scalar search.
@@ -57,9 +60,10 @@ struct DqSource {
 
 #if defined(QLORA_X86)
 // Both namespaces have the same kernels. Block ranges [b0, b1) hold whole
-// blocks only. Outputs are written with ordinary stores: on the Zen machines
-// this targets, non-temporal stores measured slower (one core streams ~10
-// GB/s, ordinary stores ~28 GB/s), and the next op usually reads the output.
+// blocks only. Outputs are written with ordinary stores: on the Zen VM this
+// was built on, non-temporal stores measured slower (one core filling 180 MB:
+// 6.7-10 GB/s streamed, 10-28 GB/s ordinary), and the next op usually reads
+// the output.
 namespace avx2 {
 // Fused absmax + codes; false if a block holds NaN or Inf.
 bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32_t bs, int64_t b0, int64_t b1,

@@ -51,22 +51,6 @@ void q8_quantize_all(qlora_context & c, const void * x, qlora_dtype dtype, int64
     else cpu::q8_quantize(c, x, dtype, n, bs, code, q, absmax);
 }
 
-// Double quantization of the fp32 block scales (bitsandbytes compress_statistics):
-// offset = mean(absmax); (absmax - offset) 8-bit blockwise with the signed dynamic map.
-void double_quantize(qlora_context & c, const HostArray<float> & absmax, qlora_q4_tensor & t) {
-    const int64_t nb = t.n_blocks();
-    double sum = 0.0;
-    for (int64_t b = 0; b < nb; ++b) sum += absmax[static_cast<size_t>(b)];
-    t.nested_offset = static_cast<float>(sum / static_cast<double>(nb));
-    HostArray<float> centred(static_cast<size_t>(nb));
-    for (int64_t b = 0; b < nb; ++b) centred[static_cast<size_t>(b)] = absmax[static_cast<size_t>(b)] - t.nested_offset;
-    std::memcpy(t.nested_code, signed_dynamic_map(), sizeof(t.nested_code));
-    t.qabsmax.resize(static_cast<size_t>(nb));
-    t.nested_absmax.resize(static_cast<size_t>(t.n_nested_blocks()));
-    q8_quantize_all(c, centred.data(), QLORA_DTYPE_F32, nb, t.nested_blocksize, t.nested_code, t.qabsmax.data(),
-                    t.nested_absmax.data());
-}
-
 void check_finite_array(const float * x, int64_t n, const char * name) {
     for (int64_t i = 0; i < n; ++i)
         QLORA_CHECK_ARG(std::isfinite(x[i]), "%s[%lld] is %f; scales and tables must be finite", name,
@@ -74,6 +58,18 @@ void check_finite_array(const float * x, int64_t n, const char * name) {
 }
 
 } // namespace
+
+float double_quantize(qlora_context & c, float * absmax, int64_t n_blocks, int32_t nested_blocksize,
+                      const float * code256, uint8_t * qabsmax, float * nested_absmax) {
+    // A sequential float64 sum, rounded once: the same on every backend and thread count.
+    double sum = 0.0;
+    for (int64_t b = 0; b < n_blocks; ++b) sum += absmax[b];
+    const float offset = static_cast<float>(sum / static_cast<double>(n_blocks));
+    for (int64_t b = 0; b < n_blocks; ++b) absmax[b] -= offset;
+    q8_quantize_all(c, absmax, QLORA_DTYPE_F32, n_blocks, nested_blocksize, code256, qabsmax, nested_absmax);
+    return offset;
+}
+
 } // namespace qlora
 
 using namespace qlora;
@@ -131,8 +127,15 @@ QLORA_API qlora_status qlora_q4_quantize(qlora_context_t ctx, const qlora_view *
         }
         QLORA_CHECK_ARG(bad < 0, "src[%lld, %lld] is not finite (NaN or Inf); cannot quantize",
                         static_cast<long long>(bad / v.cols), static_cast<long long>(bad % v.cols));
-        if (t->double_quant) double_quantize(c, absmax, *t);
-        else t->absmax = std::move(absmax);
+        if (t->double_quant) {
+            std::memcpy(t->nested_code, signed_dynamic_map(), sizeof(t->nested_code));
+            t->qabsmax.resize(static_cast<size_t>(s.n_blocks()));
+            t->nested_absmax.resize(static_cast<size_t>(t->n_nested_blocks()));
+            t->nested_offset = double_quantize(c, absmax.data(), s.n_blocks(), t->nested_blocksize, t->nested_code,
+                                               t->qabsmax.data(), t->nested_absmax.data());
+        } else {
+            t->absmax = std::move(absmax);
+        }
         *out = t.release();
     });
 }
