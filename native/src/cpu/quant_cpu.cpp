@@ -3,7 +3,6 @@
 // tensor); each range runs the best kernel the context's ISA level allows on
 // its whole blocks, and the scalar reference on a trailing partial block.
 #include "core/context.hpp"
-#include "core/half.hpp"
 #include "cpu/quant_simd.hpp"
 #include "quant/kernels.hpp"
 #include "quant/q4_tensor.hpp"
@@ -72,9 +71,9 @@ Level level_of(const qlora_context & ctx) {
 constexpr int64_t kGrainElements = 16384;
 int64_t grain_blocks(int32_t blocksize) { return std::max<int64_t>(1, kGrainElements / blocksize); }
 
-// Portable fused absmax + codes of whole blocks (for the SCALAR level): one
-// pass over the bit patterns for absmax and finiteness, then the reference
-// quantizer on the block (still in L1).
+// Portable quantize of whole blocks (the SCALAR level): finiteness, absmax
+// and codes block by block with the reference functions, so each block comes
+// from memory once and the later passes over it hit L1.
 bool q4_quantize_portable(const void * x, qlora_dtype dtype, const Q4Shape & s, int64_t b0, int64_t b1,
                           float * absmax, uint8_t * packed) {
     bool finite = true;

@@ -60,9 +60,10 @@ struct DqSource {
 
 #if defined(QLORA_X86)
 // Both namespaces have the same kernels. Block ranges [b0, b1) hold whole
-// blocks only. Outputs are written with ordinary stores: on the Zen machines
-// this targets, non-temporal stores measured slower (one core streams ~10
-// GB/s, ordinary stores ~28 GB/s), and the next op usually reads the output.
+// blocks only. Outputs are written with ordinary stores: on the Zen VM this
+// was built on, non-temporal stores measured slower (one core filling 180 MB:
+// 6.7-10 GB/s streamed, 10-28 GB/s ordinary), and the next op usually reads
+// the output.
 namespace avx2 {
 // Fused absmax + codes; false if a block holds NaN or Inf.
 bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32_t bs, int64_t b0, int64_t b1,

@@ -12,21 +12,6 @@
 
 namespace qlora {
 
-float double_quantize(qlora_context & c, float * absmax, int64_t n_blocks, int32_t nested_blocksize,
-                      const float * code256, uint8_t * qabsmax, float * nested_absmax) {
-    // A sequential float64 sum, rounded once: the same on every backend and thread count.
-    double sum = 0.0;
-    for (int64_t b = 0; b < n_blocks; ++b) sum += absmax[b];
-    const float offset = static_cast<float>(sum / static_cast<double>(n_blocks));
-    for (int64_t b = 0; b < n_blocks; ++b) absmax[b] -= offset;
-    if (c.backend == QLORA_BACKEND_REF)
-        ref::q8_quantize(absmax, QLORA_DTYPE_F32, n_blocks, nested_blocksize, code256, 0,
-                         (n_blocks + nested_blocksize - 1) / nested_blocksize, qabsmax, nested_absmax);
-    else
-        cpu::q8_quantize(c, absmax, QLORA_DTYPE_F32, n_blocks, nested_blocksize, code256, qabsmax, nested_absmax);
-    return offset;
-}
-
 qlora_q4_tensor & checked(qlora_q4_tensor_t t) {
     QLORA_CHECK_ARG(t != nullptr, "tensor must not be NULL");
     return *t;
@@ -73,6 +58,18 @@ void check_finite_array(const float * x, int64_t n, const char * name) {
 }
 
 } // namespace
+
+float double_quantize(qlora_context & c, float * absmax, int64_t n_blocks, int32_t nested_blocksize,
+                      const float * code256, uint8_t * qabsmax, float * nested_absmax) {
+    // A sequential float64 sum, rounded once: the same on every backend and thread count.
+    double sum = 0.0;
+    for (int64_t b = 0; b < n_blocks; ++b) sum += absmax[b];
+    const float offset = static_cast<float>(sum / static_cast<double>(n_blocks));
+    for (int64_t b = 0; b < n_blocks; ++b) absmax[b] -= offset;
+    q8_quantize_all(c, absmax, QLORA_DTYPE_F32, n_blocks, nested_blocksize, code256, qabsmax, nested_absmax);
+    return offset;
+}
+
 } // namespace qlora
 
 using namespace qlora;
