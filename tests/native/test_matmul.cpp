@@ -411,7 +411,8 @@ TEST(MatmulErrors, BadArgumentsReturnStatusAndMessage) {
     expect_error(QLORA_ERROR_INVALID_ARGUMENT, "stride", &short_stride, &yv, w.q.get(), &p, ctx.get());
     // params
     qlora_matmul_params q = p;
-    q.op = static_cast<qlora_matmul_op>(7);
+    const int32_t bad_op = 7; // what a C or .NET caller can pass; set bytewise (no out-of-range enum in C++)
+    std::memcpy(&q.op, &bad_op, sizeof(bad_op));
     expect_error(QLORA_ERROR_INVALID_ARGUMENT, "params->op", &xv, &yv, w.q.get(), &q, ctx.get());
     q = p;
     q.alpha = std::nanf("");
