@@ -304,7 +304,7 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
     // time (at least one). Paged, the next group is pinned (paged in) on a
     // helper thread while the thread pool updates the current one, when two
     // groups fit in the budget. Results do not depend on any of this.
-    const int64_t group = pager ? std::clamp<int64_t>(pager->budget_bytes() / pager->page_bytes() / 2, 1, 8)
+    const int64_t group = pager ? std::clamp<int64_t>(pager->budget_bytes() / pager->page_bytes() / 2, 1, 64)
                                 : INT64_MAX;
     struct Group {
         size_t  buf;
