@@ -5,10 +5,21 @@
 #include "qlora.h"
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
 namespace qlora {
+
+// The integer a caller passed for a C enum. Reading an out-of-range value as
+// the C++ enum type is undefined behaviour, so ABI checks read the bits.
+template <typename E>
+int32_t enum_bits(const E & e) {
+    static_assert(sizeof(E) == sizeof(int32_t), "C enums are int-sized here");
+    int32_t v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
 
 class Pager {
 public:
@@ -38,25 +49,6 @@ std::shared_ptr<Pager> make_host_spill_pager(const qlora_pager_params & params);
 // Provided by the CUDA backend (src/cuda).
 std::shared_ptr<Pager> make_cuda_unified_pager(const qlora_pager_params & params);
 #endif
-
-// RAII pin of a pager range: acquire in the constructor, release in the destructor.
-class PinnedRange {
-public:
-    PinnedRange(Pager & pager, int64_t id, int64_t offset, int64_t bytes, qlora_pager_access access)
-        : pager_(&pager), id_(id), offset_(offset), bytes_(bytes),
-          ptr_(static_cast<uint8_t *>(pager.acquire(id, offset, bytes, access))) {}
-    ~PinnedRange() {
-        try { pager_->release(id_, offset_, bytes_); } catch (...) { /* cannot fail for a range we pinned */ }
-    }
-    PinnedRange(const PinnedRange &) = delete;
-    PinnedRange & operator=(const PinnedRange &) = delete;
-    uint8_t * data() const { return ptr_; }
-
-private:
-    Pager *   pager_;
-    int64_t   id_, offset_, bytes_;
-    uint8_t * ptr_;
-};
 
 } // namespace qlora
 
