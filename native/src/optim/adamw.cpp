@@ -235,8 +235,9 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
                     "n_buffers is %d but %zu buffers are registered", n_buffers, buffers.size());
     QLORA_CHECK_NOT_NULL(pviews);
     QLORA_CHECK_NOT_NULL(gviews);
-    QLORA_CHECK_ARG(ctx.backend == QLORA_BACKEND_REF || ctx.backend == QLORA_BACKEND_CPU,
-                    "the optimizer step runs on the REF and CPU backends only");
+    if (ctx.backend != QLORA_BACKEND_REF && ctx.backend != QLORA_BACKEND_CPU)
+        fail(QLORA_ERROR_UNSUPPORTED, "the AdamW step has REF and CPU kernels only (context backend %d)",
+             static_cast<int>(ctx.backend));
 
     const size_t nb = buffers.size();
     std::vector<float *> p(nb);
