@@ -89,7 +89,16 @@ typedef enum qlora_dtype {
     QLORA_DTYPE_U8   = 3,
     QLORA_DTYPE_I32  = 4,
     QLORA_DTYPE_I64  = 5,
-    QLORA_DTYPE_F64  = 6
+    QLORA_DTYPE_F64  = 6,
+    /* Storage-only types (files, views; no arithmetic ops take them). */
+    QLORA_DTYPE_I8      = 7,
+    QLORA_DTYPE_I16     = 8,
+    QLORA_DTYPE_U16     = 9,
+    QLORA_DTYPE_U32     = 10,
+    QLORA_DTYPE_U64     = 11,
+    QLORA_DTYPE_BOOL    = 12, /* one byte, 0 or 1 */
+    QLORA_DTYPE_F8_E4M3 = 13,
+    QLORA_DTYPE_F8_E5M2 = 14
 } qlora_dtype;
 
 /* Size in bytes of one element of `dtype` (0 for an unknown value). */
@@ -169,8 +178,11 @@ QLORA_API qlora_status qlora_context_get_info(qlora_context_t ctx, qlora_context
 /* ------------------------------------------------------------------------ */
 
 typedef enum qlora_quant_type {
-    QLORA_QUANT_NF4 = 0,
-    QLORA_QUANT_FP4 = 1
+    QLORA_QUANT_NF4  = 0, /* bitsandbytes NormalFloat4 */
+    QLORA_QUANT_FP4  = 1, /* bitsandbytes FP4 (E2M1 variant) */
+    QLORA_QUANT_INT4 = 2  /* symmetric absmax Int4 (the QLoRA paper's baseline): value(i) = (i - 8) / 7,
+                             q = clamp(round_half_even(x / absmax * 7), -7, 7) + 8; it has no
+                             bitsandbytes checkpoint form (docs/quantization.md) */
 } qlora_quant_type;
 
 typedef struct qlora_quant_params {
@@ -238,7 +250,8 @@ QLORA_API qlora_status qlora_q4_get_parts(qlora_q4_tensor_t tensor, qlora_q4_par
 
 QLORA_API void qlora_q4_free(qlora_q4_tensor_t tensor);
 
-/* The 16-entry code table of a quant type, as bitsandbytes defines it. */
+/* The 16-entry code table of a quant type: NF4/FP4 as bitsandbytes defines them,
+ * INT4 as (i - 8) / 7 in fp32. */
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16);
 
 /* ------------------------------------------------------------------------ */
@@ -249,7 +262,7 @@ QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * 
  * total_bits=8): 256 sorted values from -0.9929... to 1.0. */
 QLORA_API qlora_status qlora_q8_dynamic_map(float * out256);
 
-/* Blockwise 8-bit quantization of `src` (F32, any shape, contiguous):
+/* Blockwise 8-bit quantization of `src` (F32, F16 or BF16, any shape, contiguous):
  * absmax[b] = max |x| over block b; q = nearest map entry to x / absmax[b]
  * (bitsandbytes' dQuantize). `q`: U8 with src's element count; `absmax`: F32
  * with ceil(n / blocksize) elements. `code` may be NULL (signed dynamic map)
@@ -257,9 +270,60 @@ QLORA_API qlora_status qlora_q8_dynamic_map(float * out256);
 QLORA_API qlora_status qlora_q8_quantize(qlora_context_t ctx, const qlora_view * src, int32_t blocksize,
                                          const qlora_view * code, const qlora_view * q, const qlora_view * absmax);
 
-/* out = code[q] * absmax[block]; `out` F32 with q's element count. */
+/* out = code[q] * absmax[block] in fp32, then converted to `out`'s dtype
+ * (F32, F16 or BF16; round to nearest even) with q's element count. */
 QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view * q, const qlora_view * absmax,
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out);
+
+/* ------------------------------------------------------------------------ */
+/* Fused 4-bit matmul (the frozen linear layers) and scratch statistics     */
+/* ------------------------------------------------------------------------ */
+
+/* W is a 4-bit tensor [N = out_features, K = in_features]. */
+typedef enum qlora_matmul_op {
+    QLORA_MATMUL_FORWARD  = 0, /* y[M,N] = alpha * x[M,K] . W^T + beta * y   (Y = X W^T)   */
+    QLORA_MATMUL_BACKWARD = 1  /* y[M,K] = alpha * x[M,N] . W   + beta * y   (dX = dY W)   */
+} qlora_matmul_op;
+
+typedef struct qlora_matmul_params {
+    qlora_matmul_op op;    /* default QLORA_MATMUL_FORWARD */
+    float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */
+    float           beta;  /* default 0; finite. 0: y is write-only (NaN/Inf already in y are
+                              not propagated); 1: accumulate into y (e.g. a LoRA branch) */
+} qlora_matmul_params;
+
+QLORA_API qlora_matmul_params qlora_matmul_default_params(void);
+
+/* Fused matmul with a 4-bit weight that is never dequantized as a whole: W is
+ * decoded panel by panel into per-thread tiles (or registers, for M <= 8), so
+ * the extra memory is bounded by the tile sizes, not by N*K (see
+ * qlora_context_get_stats).
+ *  - x, y: host views, F32 or BF16 each (they may differ), any row stride
+ *    >= cols (e.g. a TorchSharp tensor's memory, used in place). x and y must
+ *    not overlap. Shapes: see qlora_matmul_op; M, N, K >= 1.
+ *  - Accumulation is fp32. W is decoded to fp32 exactly as
+ *    qlora_q4_dequantize does, except with BF16 x, M > 8 and a CPU with
+ *    AVX512-BF16: then W is rounded to bf16 in the tiles (as bitsandbytes does
+ *    with a bf16 compute dtype) and multiplied with bf16 dot products.
+ *    Elsewhere BF16 x is widened to fp32 (exactly). A BF16 y is rounded to
+ *    nearest even from the fp32 result.
+ *  - Deterministic: the same inputs, backend, ISA and thread count give the
+ *    same bits; the CPU backend's result does not depend on the thread count.
+ *  - The REF backend is the scalar oracle (float64 accumulation). */
+QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x, qlora_q4_tensor_t w,
+                                       const qlora_view * y, const qlora_matmul_params * params);
+
+/* Scratch memory a context owns: per-thread tiles that kernels reuse between
+ * calls on that context. */
+typedef struct qlora_context_stats {
+    int64_t scratch_bytes;      /* scratch held now (kept between calls for reuse) */
+    int64_t scratch_peak_bytes; /* high-water mark of scratch_bytes since creation or the last reset */
+} qlora_context_stats;
+
+QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out);
+
+/* Releases the scratch the context holds and restarts the high-water mark at 0. */
+QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
 
 /* ------------------------------------------------------------------------ */
 /* ABI introspection                                                         */
@@ -280,6 +344,232 @@ QLORA_API qlora_status qlora_abi_field_offset(const char * type_name, const char
 /* Value of an enum constant or an integer #define of this header
  * (e.g. "QLORA_ERROR_IO", "QLORA_DEVICE_HOST"). */
 QLORA_API qlora_status qlora_abi_enum_value(const char * constant_name, int64_t * out);
+
+/* ======================================================================== */
+/* File IO: safetensors, bitsandbytes 4-bit checkpoints, llama2.c            */
+/* ======================================================================== */
+/*
+ * Every parser of outside input lives here, in the native core. Files are
+ * memory-mapped read-only: opening one reads only its header, and tensor data
+ * is paged in when touched, so a checkpoint larger than RAM can be processed
+ * tensor by tensor. Views returned into a mapped file (`data` of a
+ * qlora_view) point to READ-ONLY memory (writing through them faults) and are
+ * valid as long as the file handle lives. Their alignment is the file's: a
+ * tensor whose offset is not a multiple of its element size gives an
+ * unaligned pointer (files written by this library and by the safetensors
+ * reference implementation are always aligned).
+ *
+ * Malformed files give QLORA_ERROR_FORMAT with a message naming the file and
+ * the offending key, field or byte offset; a file that cannot be opened,
+ * read or written gives QLORA_ERROR_IO with the path and the errno text.
+ * docs/formats-io.md lists what is accepted and rejected.
+ */
+
+/* Paging hint for a memory-mapped file (madvise). */
+typedef enum qlora_access_hint {
+    QLORA_ACCESS_NORMAL     = 0,
+    QLORA_ACCESS_SEQUENTIAL = 1, /* read ahead aggressively; pages behind the reader may be dropped early */
+    QLORA_ACCESS_RANDOM     = 2  /* no read-ahead */
+} qlora_access_hint;
+
+/* ---- safetensors reader ------------------------------------------------ */
+
+#define QLORA_ST_MAX_DIMS 8
+
+typedef struct qlora_safetensors_params {
+    qlora_access_hint access;           /* default QLORA_ACCESS_NORMAL */
+    int64_t           max_header_bytes; /* default 100000000 (the reference implementation's limit) */
+} qlora_safetensors_params;
+
+QLORA_API qlora_safetensors_params qlora_safetensors_default_params(void);
+
+/* An open safetensors file, or a sharded checkpoint (several files behind a
+ * model.safetensors.index.json) presented as one set of tensors. */
+typedef struct qlora_safetensors * qlora_safetensors_t;
+
+/* One tensor. Strings are valid while the handle lives. */
+typedef struct qlora_safetensors_tensor {
+    const char * name;        /* UTF-8, NUL-terminated */
+    const char * path;        /* the file holding it (the shard, for an index) */
+    qlora_dtype  dtype;
+    int32_t      n_dims;      /* 0 (a scalar) .. QLORA_ST_MAX_DIMS */
+    int64_t      shape[QLORA_ST_MAX_DIMS]; /* entries past n_dims are 0 */
+    int64_t      numel;       /* product of the shape (1 for a scalar; may be 0) */
+    int64_t      nbytes;      /* numel * qlora_dtype_size(dtype) */
+    int64_t      file_offset; /* absolute offset of the first byte in `path` */
+} qlora_safetensors_tensor;
+
+/* Opens and validates one .safetensors file (see docs/formats-io.md). */
+QLORA_API qlora_status qlora_safetensors_open(const char * path, const qlora_safetensors_params * params,
+                                              qlora_safetensors_t * out);
+
+/* Opens a sharded checkpoint from its index (model.safetensors.index.json):
+ * reads "weight_map", opens every shard it names (plain file names in the
+ * index's directory), and checks that the index and the shards agree exactly
+ * (every listed tensor is in the shard named for it, every tensor of every
+ * shard is listed, no name in two shards). The tensors of all shards are then
+ * one set; metadata is the union of the shards' __metadata__ (a key with
+ * different values in two shards is a FORMAT error). */
+QLORA_API qlora_status qlora_safetensors_open_index(const char * index_path, const qlora_safetensors_params * params,
+                                                    qlora_safetensors_t * out);
+
+QLORA_API void qlora_safetensors_free(qlora_safetensors_t file);
+
+/* Number of tensors. Indices 0..count-1 follow the data order (shard by
+ * shard, increasing offset), i.e. the order that streams the file(s). */
+QLORA_API qlora_status qlora_safetensors_count(qlora_safetensors_t file, int64_t * out);
+
+QLORA_API qlora_status qlora_safetensors_info(qlora_safetensors_t file, int64_t index, qlora_safetensors_tensor * out);
+
+/* Index of the tensor called `name`, or -1 (and QLORA_OK) if there is none. */
+QLORA_API qlora_status qlora_safetensors_find(qlora_safetensors_t file, const char * name, int64_t * out_index);
+
+/* A view of a tensor's bytes in the mapped file (read-only, valid while the
+ * handle lives): cols = the last dimension, rows = the product of the others
+ * (1 x 1 for a scalar, 1 x n for a vector). Nothing is read until touched. */
+QLORA_API qlora_status qlora_safetensors_data(qlora_safetensors_t file, int64_t index, qlora_view * out);
+
+/* Asks the kernel to start reading a tensor's pages now (MADV_WILLNEED). */
+QLORA_API qlora_status qlora_safetensors_prefetch(qlora_safetensors_t file, int64_t index);
+
+/* Drops a tensor's pages from this process (MADV_DONTNEED, whole pages, so
+ * neighbours sharing a page are dropped too) and lets the page cache evict
+ * them (POSIX_FADV_DONTNEED). Views stay valid: touching them again reads the
+ * same bytes back from the file. Call it after converting a tensor so that
+ * streaming a large checkpoint keeps only the current tensor resident. */
+QLORA_API qlora_status qlora_safetensors_release(qlora_safetensors_t file, int64_t index);
+
+/* __metadata__ entries (string -> string), sorted by key. */
+QLORA_API qlora_status qlora_safetensors_metadata_count(qlora_safetensors_t file, int64_t * out);
+QLORA_API qlora_status qlora_safetensors_metadata_at(qlora_safetensors_t file, int64_t index, const char ** out_key,
+                                                     const char ** out_value);
+/* The value stored under `key`, or NULL (and QLORA_OK) if there is none. */
+QLORA_API qlora_status qlora_safetensors_metadata_get(qlora_safetensors_t file, const char * key,
+                                                      const char ** out_value);
+
+/* ---- safetensors writer ------------------------------------------------ */
+
+/* Collects tensors and metadata, then writes one file exactly as the
+ * safetensors reference implementation does: header JSON without spaces,
+ * "__metadata__" first (keys sorted), header padded with spaces to a multiple
+ * of 8 bytes, tensors ordered by dtype (widest first) then name, so every
+ * tensor is aligned to its element size. The write is atomic (a temporary
+ * file in the same directory, fsync, rename): on any failure no partial
+ * output remains and an existing file at `path` is untouched. */
+typedef struct qlora_safetensors_writer * qlora_safetensors_writer_t;
+
+QLORA_API qlora_status qlora_safetensors_writer_create(qlora_safetensors_writer_t * out);
+QLORA_API void         qlora_safetensors_writer_free(qlora_safetensors_writer_t writer);
+
+/* Adds tensor `name` (unique, non-empty UTF-8, not "__metadata__") with the
+ * given shape (n_dims 0..QLORA_ST_MAX_DIMS; `shape` may be NULL for a
+ * scalar). `data` is a host view of any dtype whose rows * cols equals the
+ * product of the shape (its stride may be > cols). borrow = 0 copies the
+ * bytes now; borrow != 0 keeps only the pointer, and the memory must then
+ * stay valid and unchanged until qlora_safetensors_writer_write returns
+ * (for large models: no second copy in memory). */
+QLORA_API qlora_status qlora_safetensors_writer_add(qlora_safetensors_writer_t writer, const char * name,
+                                                    const qlora_view * data, int32_t n_dims, const int64_t * shape,
+                                                    int32_t borrow);
+
+/* Adds a __metadata__ entry (UTF-8; keys unique). PEFT and transformers
+ * expect {"format": "pt"}. */
+QLORA_API qlora_status qlora_safetensors_writer_set_metadata(qlora_safetensors_writer_t writer, const char * key,
+                                                             const char * value);
+
+/* Writes everything added so far to `path` (atomically, see above). The
+ * writer may be written again. */
+QLORA_API qlora_status qlora_safetensors_writer_write(qlora_safetensors_writer_t writer, const char * path);
+
+/* ---- bitsandbytes 4-bit checkpoints ------------------------------------ */
+
+/* The JSON stored under "<prefix>weight.quant_state.bitsandbytes__nf4|fp4". */
+typedef struct qlora_bnb_quant_state {
+    qlora_quant_type quant_type;       /* "quant_type": "nf4" | "fp4" */
+    int32_t          blocksize;        /* "blocksize" */
+    qlora_dtype      dtype;            /* "dtype": "float32" | "float16" | "bfloat16" */
+    int64_t          rows, cols;       /* "shape": [rows, cols] */
+    int32_t          double_quant;     /* 1 when the nested_* fields are present */
+    int32_t          nested_blocksize; /* "nested_blocksize" (DQ) */
+    float            nested_offset;    /* "nested_offset" (DQ) */
+} qlora_bnb_quant_state;
+
+/* Parses and validates a quant-state JSON (a U8 view of its UTF-8 bytes). */
+QLORA_API qlora_status qlora_bnb_parse_quant_state(const qlora_view * json, qlora_bnb_quant_state * out);
+
+/* Reads the 4-bit linear weight stored under `prefix` (e.g.
+ * "model.layers.0.self_attn.q_proj.": keys "<prefix>weight",
+ * "<prefix>weight.absmax", ".quant_map", ".nested_absmax",
+ * ".nested_quant_map", ".quant_state.bitsandbytes__nf4|fp4") into a new 4-bit
+ * tensor, without re-quantizing: the packed nibbles, scales and the code
+ * tables from the file are used as they are. Every dtype, shape and count is
+ * checked against the quant state (FORMAT error naming the file and key). */
+QLORA_API qlora_status qlora_bnb_read_q4(qlora_context_t ctx, qlora_safetensors_t file, const char * prefix,
+                                         qlora_q4_tensor_t * out);
+
+/* Adds `tensor` to a writer under `prefix` with bitsandbytes' keys, dtypes
+ * and shapes, and its quant state as Python's json.dumps writes it. borrow:
+ * as in qlora_safetensors_writer_add (the tensor must then outlive the
+ * write; the small tables are always copied). */
+QLORA_API qlora_status qlora_bnb_add_q4(qlora_safetensors_writer_t writer, const char * prefix,
+                                        qlora_q4_tensor_t tensor, int32_t borrow);
+
+/* ---- llama2.c checkpoints (model.bin, tokenizer.bin) ------------------- */
+
+typedef struct qlora_llama2c_config {
+    int32_t dim, hidden_dim, n_layers, n_heads, n_kv_heads;
+    int32_t vocab_size;        /* always positive here */
+    int32_t seq_len;
+    int32_t shared_classifier; /* 1: wcls is the token embedding (vocab_size was positive in the file) */
+} qlora_llama2c_config;
+
+/* The arrays of model.bin, in file order. Matrices are [out, in]. */
+typedef enum qlora_llama2c_weight {
+    QLORA_LLAMA2C_TOKEN_EMBEDDING = 0, /* [vocab, dim] */
+    QLORA_LLAMA2C_RMS_ATT         = 1, /* [L, dim] */
+    QLORA_LLAMA2C_WQ              = 2, /* [L, dim, dim] */
+    QLORA_LLAMA2C_WK              = 3, /* [L, kv_dim, dim] */
+    QLORA_LLAMA2C_WV              = 4, /* [L, kv_dim, dim] */
+    QLORA_LLAMA2C_WO              = 5, /* [L, dim, dim] */
+    QLORA_LLAMA2C_RMS_FFN         = 6, /* [L, dim] */
+    QLORA_LLAMA2C_W1              = 7, /* [L, hidden, dim] (gate) */
+    QLORA_LLAMA2C_W2              = 8, /* [L, dim, hidden] (down) */
+    QLORA_LLAMA2C_W3              = 9, /* [L, hidden, dim] (up) */
+    QLORA_LLAMA2C_RMS_FINAL       = 10, /* [dim] */
+    QLORA_LLAMA2C_WCLS            = 11  /* [vocab, dim]; the embedding's memory when shared */
+} qlora_llama2c_weight;
+
+typedef struct qlora_llama2c_model * qlora_llama2c_model_t;
+
+/* Maps a llama2.c (legacy, version 0) model.bin and checks its length against
+ * the header exactly. */
+QLORA_API qlora_status qlora_llama2c_model_open(const char * path, qlora_llama2c_model_t * out);
+QLORA_API void         qlora_llama2c_model_free(qlora_llama2c_model_t model);
+QLORA_API qlora_status qlora_llama2c_model_config(qlora_llama2c_model_t model, qlora_llama2c_config * out);
+
+/* An F32 view of one array (read-only, valid while the model lives). For the
+ * per-layer arrays, layer = 0..L-1 gives that layer's slice ([dim] or
+ * [out, in]) and layer = -1 the whole array as rows = L * out; the other
+ * arrays need layer = -1. */
+QLORA_API qlora_status qlora_llama2c_model_weight(qlora_llama2c_model_t model, qlora_llama2c_weight which,
+                                                  int32_t layer, qlora_view * out);
+
+typedef struct qlora_llama2c_tokenizer * qlora_llama2c_tokenizer_t;
+
+/* Reads a llama2.c tokenizer.bin. vocab_size > 0: the file must hold exactly
+ * that many tokens (pass the model's); 0: as many as the file holds. */
+QLORA_API qlora_status qlora_llama2c_tokenizer_open(const char * path, int32_t vocab_size,
+                                                    qlora_llama2c_tokenizer_t * out);
+QLORA_API void         qlora_llama2c_tokenizer_free(qlora_llama2c_tokenizer_t tokenizer);
+QLORA_API qlora_status qlora_llama2c_tokenizer_info(qlora_llama2c_tokenizer_t tokenizer, int32_t * out_vocab_size,
+                                                    int32_t * out_max_token_length);
+
+/* Token `id`: its bytes (`*out_length` of them, plus a NUL after them; a
+ * piece may itself contain NUL, e.g. the byte token 0x00) and its score.
+ * Valid while the tokenizer lives. */
+QLORA_API qlora_status qlora_llama2c_tokenizer_token(qlora_llama2c_tokenizer_t tokenizer, int32_t id,
+                                                     const char ** out_piece, int32_t * out_length,
+                                                     float * out_score);
 
 /* ------------------------------------------------------------------------ */
 /* Memory pager: a residency budget for large, rarely-touched buffers        */

@@ -19,7 +19,16 @@ internal static class Oracle
     public static readonly double[] Fp4 =
         new double[] { 0, 0.0625, 8, 12, 4, 6, 2, 3, -0.0, -0.0625, -8, -12, -4, -6, -2, -3 }.Select(v => v / 12).ToArray();
 
-    public static double[] Table(QLoraQuantType type) => type == QLoraQuantType.Nf4 ? Nf4 : Fp4;
+    /// <summary>Symmetric absmax Int4: (i - 8) / 7 (qlora.h; code 0 is never produced).</summary>
+    public static readonly double[] Int4 = Enumerable.Range(0, 16).Select(i => (i - 8) / 7.0).ToArray();
+
+    public static double[] Table(QLoraQuantType type) => type switch
+    {
+        QLoraQuantType.Nf4 => Nf4,
+        QLoraQuantType.Fp4 => Fp4,
+        QLoraQuantType.Int4 => Int4,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, null),
+    };
 
     /// <summary>
     /// create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) from its definition in

@@ -18,7 +18,7 @@ public sealed class Q4TensorTests
     [Test]
     public void QuantizeDequantize_MatchesFloat64NearestCodeOracle(
         [Values(QLoraBackend.Ref, QLoraBackend.Cpu)] QLoraBackend backend,
-        [Values(QLoraQuantType.Nf4, QLoraQuantType.Fp4)] QLoraQuantType quantType,
+        [Values(QLoraQuantType.Nf4, QLoraQuantType.Fp4, QLoraQuantType.Int4)] QLoraQuantType quantType,
         [Values(32, 64, 256, 4096)] int blockSize,
         [Values(true, false)] bool doubleQuant)
     {
@@ -167,7 +167,7 @@ public sealed class Q4TensorTests
     }
 
     [Test]
-    public void FromParts_OfGetParts_RoundTripsBitExactly([Values(true, false)] bool doubleQuant, [Values(QLoraQuantType.Nf4, QLoraQuantType.Fp4)] QLoraQuantType quantType)
+    public void FromParts_OfGetParts_RoundTripsBitExactly([Values(true, false)] bool doubleQuant, [Values(QLoraQuantType.Nf4, QLoraQuantType.Fp4, QLoraQuantType.Int4)] QLoraQuantType quantType)
     {
         using QLoraContext ctx = Context(QLoraBackend.Cpu);
         var p = new QuantParams { QuantType = quantType, DoubleQuant = doubleQuant, BlockSize = 128 };
@@ -229,7 +229,7 @@ public sealed class Q4TensorTests
             Assert.That(nan.Message, Does.Contain(nan.NativeMessage));
             Assert.That(block!.NativeMessage, Does.Contain("blocksize must be a power of two in [32, 4096], got 48"));
             Assert.That(inf!.NativeMessage, Does.StartWith("qlora_q4_from_parts: absmax[3] is inf"));
-            Assert.That(badType!.NativeMessage, Does.Contain("quant_type must be NF4 (0) or FP4 (1), got 7"));
+            Assert.That(badType!.NativeMessage, Does.Contain("quant_type must be NF4 (0), FP4 (1) or INT4 (2), got 7"));
         });
     }
 

@@ -217,7 +217,7 @@ TEST_P(Q4Property, CodesAreNearestAndErrorWithinHalfGap) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Q4Property,
-                         ::testing::Combine(::testing::Values(QLORA_QUANT_NF4, QLORA_QUANT_FP4),
+                         ::testing::Combine(::testing::Values(QLORA_QUANT_NF4, QLORA_QUANT_FP4, QLORA_QUANT_INT4),
                                             ::testing::Values(32, 64, 128, 256, 512, 1024, 2048, 4096),
                                             ::testing::Values(Dist::Normal, Dist::StudentT, Dist::Uniform)));
 
@@ -318,7 +318,7 @@ TEST_P(Q4Backends, MatchRefBitForBit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Q4Backends,
-                         ::testing::Combine(::testing::Values(QLORA_QUANT_NF4, QLORA_QUANT_FP4),
+                         ::testing::Combine(::testing::Values(QLORA_QUANT_NF4, QLORA_QUANT_FP4, QLORA_QUANT_INT4),
                                             ::testing::Values(32, 64, 256, 4096), ::testing::Values(0, 1),
                                             ::testing::Values(QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16)));
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "qlora.h"
+#include "core/scratch.hpp"
 #include "core/thread_pool.hpp"
 
 #include <memory>
@@ -11,6 +12,7 @@ struct qlora_context {
     qlora_cpu_isa isa = QLORA_ISA_SCALAR;      // what CPU kernels may use
     int32_t       device = 0;
     std::unique_ptr<qlora::ThreadPool> pool;
+    qlora::Scratch scratch; // per-thread tiles of the kernels (qlora_context_get_stats)
 
     qlora::ThreadPool & threads() { return *pool; }
 };

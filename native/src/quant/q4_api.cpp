@@ -24,10 +24,17 @@ void check_blocksize(int32_t blocksize, const char * name) {
 
 namespace {
 
+// Takes the enum's bytes, not its value: a caller across the C ABI can pass
+// any int, and loading an out-of-range value as the C++ enum type is UB.
+void check_quant_type(const qlora_quant_type * type) {
+    const int32_t v = raw_enum(*type);
+    QLORA_CHECK_ARG(v == QLORA_QUANT_NF4 || v == QLORA_QUANT_FP4 || v == QLORA_QUANT_INT4,
+                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(v));
+}
+
 void check_quant_params(const qlora_quant_params * p) {
     QLORA_CHECK_NOT_NULL(p);
-    QLORA_CHECK_ARG(p->quant_type == QLORA_QUANT_NF4 || p->quant_type == QLORA_QUANT_FP4,
-                    "quant_type must be NF4 (0) or FP4 (1), got %d", static_cast<int>(p->quant_type));
+    check_quant_type(&p->quant_type);
     check_blocksize(p->blocksize, "blocksize");
     if (p->double_quant) check_blocksize(p->nested_blocksize, "nested_blocksize");
 }
@@ -38,25 +45,10 @@ int64_t find_nonfinite(qlora_context & c, const void * x, qlora_dtype dtype, int
     return is_ref(c) ? ref::find_nonfinite(x, dtype, 0, n) : cpu::find_nonfinite(c, x, dtype, n);
 }
 
-void q8_quantize_all(qlora_context & c, const float * x, int64_t n, int32_t bs, const float * code, uint8_t * q,
-                     float * absmax) {
-    if (is_ref(c)) ref::q8_quantize(x, n, bs, code, 0, (n + bs - 1) / bs, q, absmax);
-    else cpu::q8_quantize(c, x, n, bs, code, q, absmax);
-}
-
-// Double quantization of the fp32 block scales (bitsandbytes compress_statistics):
-// offset = mean(absmax); (absmax - offset) 8-bit blockwise with the signed dynamic map.
-void double_quantize(qlora_context & c, const HostArray<float> & absmax, qlora_q4_tensor & t) {
-    const int64_t nb = t.n_blocks();
-    double sum = 0.0;
-    for (int64_t b = 0; b < nb; ++b) sum += absmax[static_cast<size_t>(b)];
-    t.nested_offset = static_cast<float>(sum / static_cast<double>(nb));
-    HostArray<float> centred(static_cast<size_t>(nb));
-    for (int64_t b = 0; b < nb; ++b) centred[static_cast<size_t>(b)] = absmax[static_cast<size_t>(b)] - t.nested_offset;
-    std::memcpy(t.nested_code, signed_dynamic_map(), sizeof(t.nested_code));
-    t.qabsmax.resize(static_cast<size_t>(nb));
-    t.nested_absmax.resize(static_cast<size_t>(t.n_nested_blocks()));
-    q8_quantize_all(c, centred.data(), nb, t.nested_blocksize, t.nested_code, t.qabsmax.data(), t.nested_absmax.data());
+void q8_quantize_all(qlora_context & c, const void * x, qlora_dtype dtype, int64_t n, int32_t bs, const float * code,
+                     uint8_t * q, float * absmax) {
+    if (is_ref(c)) ref::q8_quantize(x, dtype, n, bs, code, 0, (n + bs - 1) / bs, q, absmax);
+    else cpu::q8_quantize(c, x, dtype, n, bs, code, q, absmax);
 }
 
 void check_finite_array(const float * x, int64_t n, const char * name) {
@@ -66,6 +58,18 @@ void check_finite_array(const float * x, int64_t n, const char * name) {
 }
 
 } // namespace
+
+float double_quantize(qlora_context & c, float * absmax, int64_t n_blocks, int32_t nested_blocksize,
+                      const float * code256, uint8_t * qabsmax, float * nested_absmax) {
+    // A sequential float64 sum, rounded once: the same on every backend and thread count.
+    double sum = 0.0;
+    for (int64_t b = 0; b < n_blocks; ++b) sum += absmax[b];
+    const float offset = static_cast<float>(sum / static_cast<double>(n_blocks));
+    for (int64_t b = 0; b < n_blocks; ++b) absmax[b] -= offset;
+    q8_quantize_all(c, absmax, QLORA_DTYPE_F32, n_blocks, nested_blocksize, code256, qabsmax, nested_absmax);
+    return offset;
+}
+
 } // namespace qlora
 
 using namespace qlora;
@@ -83,8 +87,7 @@ QLORA_API qlora_quant_params qlora_quant_default_params(void) {
 
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16) {
     return QLORA_GUARD({
-        QLORA_CHECK_ARG(quant_type == QLORA_QUANT_NF4 || quant_type == QLORA_QUANT_FP4,
-                        "quant_type must be NF4 (0) or FP4 (1), got %d", static_cast<int>(quant_type));
+        check_quant_type(&quant_type);
         QLORA_CHECK_NOT_NULL(out16);
         std::memcpy(out16, code_table(quant_type), 16 * sizeof(float));
     });
@@ -97,9 +100,6 @@ QLORA_API qlora_status qlora_q4_quantize(qlora_context_t ctx, const qlora_view *
         const ViewInfo v = check_contiguous(src, "src", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
         check_quant_params(params);
         QLORA_CHECK_NOT_NULL(out);
-        const int64_t bad = find_nonfinite(c, v.data, v.dtype, v.numel());
-        QLORA_CHECK_ARG(bad < 0, "src[%lld, %lld] is not finite (NaN or Inf); cannot quantize",
-                        static_cast<long long>(bad / v.cols), static_cast<long long>(bad % v.cols));
 
         auto t = std::make_unique<qlora_q4_tensor>();
         t->rows = v.rows;
@@ -114,15 +114,28 @@ QLORA_API qlora_status qlora_q4_quantize(qlora_context_t ctx, const qlora_view *
 
         HostArray<float> absmax(static_cast<size_t>(s.n_blocks()));
         t->packed.resize(static_cast<size_t>(t->packed_bytes()));
+        int64_t bad = -1;
         if (is_ref(c)) {
-            ref::q4_absmax(v.data, v.dtype, s, 0, s.n_blocks(), absmax.data());
-            ref::q4_quantize(v.data, v.dtype, s, absmax.data(), 0, s.n_blocks(), t->packed.data());
-        } else {
-            cpu::q4_absmax(c, v.data, v.dtype, s, absmax.data());
-            cpu::q4_quantize(c, v.data, v.dtype, s, absmax.data(), t->packed.data());
+            bad = ref::find_nonfinite(v.data, v.dtype, 0, v.numel());
+            if (bad < 0) {
+                ref::q4_absmax(v.data, v.dtype, s, 0, s.n_blocks(), absmax.data());
+                ref::q4_quantize(v.data, v.dtype, s, absmax.data(), 0, s.n_blocks(), t->packed.data());
+            }
+        } else if (!cpu::q4_quantize(c, v.data, v.dtype, s, absmax.data(), t->packed.data())) {
+            // the fused kernel saw a NaN/Inf (its output is discarded): find the first one
+            bad = cpu::find_nonfinite(c, v.data, v.dtype, v.numel());
         }
-        if (t->double_quant) double_quantize(c, absmax, *t);
-        else t->absmax = std::move(absmax);
+        QLORA_CHECK_ARG(bad < 0, "src[%lld, %lld] is not finite (NaN or Inf); cannot quantize",
+                        static_cast<long long>(bad / v.cols), static_cast<long long>(bad % v.cols));
+        if (t->double_quant) {
+            std::memcpy(t->nested_code, signed_dynamic_map(), sizeof(t->nested_code));
+            t->qabsmax.resize(static_cast<size_t>(s.n_blocks()));
+            t->nested_absmax.resize(static_cast<size_t>(t->n_nested_blocks()));
+            t->nested_offset = double_quantize(c, absmax.data(), s.n_blocks(), t->nested_blocksize, t->nested_code,
+                                               t->qabsmax.data(), t->nested_absmax.data());
+        } else {
+            t->absmax = std::move(absmax);
+        }
         *out = t.release();
     });
 }
@@ -156,8 +169,9 @@ QLORA_API qlora_status qlora_q4_from_parts(qlora_context_t ctx, int64_t rows, in
         QLORA_CHECK_NOT_NULL(out);
         QLORA_CHECK_ARG(rows >= 1 && cols >= 1 && rows <= (INT64_C(1) << 40) / cols,
                         "shape [%lld, %lld] is invalid", static_cast<long long>(rows), static_cast<long long>(cols));
-        QLORA_CHECK_ARG(orig_dtype == QLORA_DTYPE_F32 || orig_dtype == QLORA_DTYPE_F16 || orig_dtype == QLORA_DTYPE_BF16,
-                        "orig_dtype must be F32, F16 or BF16, got %d", static_cast<int>(orig_dtype));
+        const int32_t od = raw_enum(orig_dtype);
+        QLORA_CHECK_ARG(od == QLORA_DTYPE_F32 || od == QLORA_DTYPE_F16 || od == QLORA_DTYPE_BF16,
+                        "orig_dtype must be F32, F16 or BF16, got %d", od);
         QLORA_CHECK_NOT_NULL(parts->packed);
         QLORA_CHECK_NOT_NULL(parts->code);
         auto t = std::make_unique<qlora_q4_tensor>();
@@ -263,7 +277,7 @@ QLORA_API qlora_status qlora_q8_quantize(qlora_context_t ctx, const qlora_view *
                                          const qlora_view * code, const qlora_view * q, const qlora_view * absmax) {
     return QLORA_GUARD({
         auto & c = checked(ctx);
-        const ViewInfo x = check_contiguous(src, "src", {QLORA_DTYPE_F32});
+        const ViewInfo x = check_contiguous(src, "src", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
         check_blocksize(blocksize, "blocksize");
         const float * map = check_code256(code);
         const ViewInfo qv = check_contiguous(q, "q", {QLORA_DTYPE_U8});
@@ -274,9 +288,10 @@ QLORA_API qlora_status qlora_q8_quantize(qlora_context_t ctx, const qlora_view *
         QLORA_CHECK_ARG(av.numel() == nb, "absmax has %lld elements, expected ceil(%lld / %d) = %lld",
                         static_cast<long long>(av.numel()), static_cast<long long>(n), blocksize,
                         static_cast<long long>(nb));
-        const int64_t bad = find_nonfinite(c, x.data, QLORA_DTYPE_F32, n);
+        // checked before anything is written: q and absmax are the caller's
+        const int64_t bad = find_nonfinite(c, x.data, x.dtype, n);
         QLORA_CHECK_ARG(bad < 0, "src[%lld] is not finite (NaN or Inf); cannot quantize", static_cast<long long>(bad));
-        q8_quantize_all(c, x.as<float>(), n, blocksize, map, qv.as<uint8_t>(), av.as<float>());
+        q8_quantize_all(c, x.data, x.dtype, n, blocksize, map, qv.as<uint8_t>(), av.as<float>());
     });
 }
 
@@ -288,15 +303,15 @@ QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view
         const ViewInfo av = check_contiguous(absmax, "absmax", {QLORA_DTYPE_F32});
         check_blocksize(blocksize, "blocksize");
         const float * map = check_code256(code);
-        const ViewInfo ov = check_contiguous(out, "out", {QLORA_DTYPE_F32});
+        const ViewInfo ov = check_contiguous(out, "out", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
         const int64_t n = qv.numel(), nb = (n + blocksize - 1) / blocksize;
         QLORA_CHECK_ARG(ov.numel() == n, "out has %lld elements, q has %lld", static_cast<long long>(ov.numel()),
                         static_cast<long long>(n));
         QLORA_CHECK_ARG(av.numel() == nb, "absmax has %lld elements, expected ceil(%lld / %d) = %lld",
                         static_cast<long long>(av.numel()), static_cast<long long>(n), blocksize,
                         static_cast<long long>(nb));
-        if (is_ref(c)) ref::q8_dequantize(qv.as<uint8_t>(), av.as<float>(), n, blocksize, map, 0, nb, ov.as<float>());
-        else cpu::q8_dequantize(c, qv.as<uint8_t>(), av.as<float>(), n, blocksize, map, ov.as<float>());
+        if (is_ref(c)) ref::q8_dequantize(qv.as<uint8_t>(), av.as<float>(), n, blocksize, map, 0, nb, ov.data, ov.dtype);
+        else cpu::q8_dequantize(c, qv.as<uint8_t>(), av.as<float>(), n, blocksize, map, ov.data, ov.dtype);
     });
 }
 

@@ -17,6 +17,11 @@ const float kFP4Table[16] = {
     -0.0f / 12.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -12.0f / 12.0f, -4.0f / 12.0f, -6.0f / 12.0f, -2.0f / 12.0f,
     -3.0f / 12.0f};
 
+// (i - 8) / 7 for i in 0..15, each a correctly rounded fp32 division.
+const float kInt4Table[16] = {
+    -8.0f / 7.0f, -7.0f / 7.0f, -6.0f / 7.0f, -5.0f / 7.0f, -4.0f / 7.0f, -3.0f / 7.0f, -2.0f / 7.0f, -1.0f / 7.0f,
+    0.0f / 7.0f,  1.0f / 7.0f,  2.0f / 7.0f,  3.0f / 7.0f,  4.0f / 7.0f,  5.0f / 7.0f,  6.0f / 7.0f,  7.0f / 7.0f};
+
 namespace {
 
 // torch.linspace(start, end, n) in float32 (the kernel's two-sided formula).
@@ -72,7 +77,13 @@ const float * nf4_thresholds() {
     return t;
 }
 
-const float * code_table(qlora_quant_type type) { return type == QLORA_QUANT_FP4 ? kFP4Table : kNF4Table; }
+const float * code_table(qlora_quant_type type) {
+    switch (type) {
+        case QLORA_QUANT_FP4: return kFP4Table;
+        case QLORA_QUANT_INT4: return kInt4Table;
+        default: return kNF4Table;
+    }
+}
 
 uint8_t quantize_dynamic(const float * code, float x) {
     int pivot = 127, upper_pivot = 255, lower_pivot = 0;

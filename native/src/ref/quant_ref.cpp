@@ -47,7 +47,11 @@ void q4_quantize(const void * x, qlora_dtype dtype, const Q4Shape & s, const flo
             uint8_t q[2] = {0, 0};
             for (int64_t k = 0; k < 2 && i + k < e1; ++k) {
                 const float xn = load(x, dtype, i + k) * inv;
-                q[k] = s.type == QLORA_QUANT_NF4 ? quantize_nf4(thresholds, xn) : quantize_fp4(xn);
+                switch (s.type) {
+                    case QLORA_QUANT_FP4: q[k] = quantize_fp4(xn); break;
+                    case QLORA_QUANT_INT4: q[k] = quantize_int4(xn); break;
+                    default: q[k] = quantize_nf4(thresholds, xn); break;
+                }
             }
             packed[i / 2] = static_cast<uint8_t>((q[0] << 4) | q[1]);
         }
@@ -67,23 +71,23 @@ void q4_dequantize(const uint8_t * packed, const float * code16, const float * s
     }
 }
 
-void q8_quantize(const float * x, int64_t n, int32_t blocksize, const float * code256, int64_t b0, int64_t b1,
-                 uint8_t * q, float * absmax) {
+void q8_quantize(const void * x, qlora_dtype dtype, int64_t n, int32_t blocksize, const float * code256, int64_t b0,
+                 int64_t b1, uint8_t * q, float * absmax) {
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t e0 = b * blocksize, e1 = std::min(n, e0 + blocksize);
         float m = 0.0f;
-        for (int64_t i = e0; i < e1; ++i) m = std::max(m, std::fabs(x[i]));
+        for (int64_t i = e0; i < e1; ++i) m = std::max(m, std::fabs(load(x, dtype, i)));
         absmax[b] = m;
         const float inv = reciprocal(m);
-        for (int64_t i = e0; i < e1; ++i) q[i] = quantize_dynamic(code256, x[i] * inv);
+        for (int64_t i = e0; i < e1; ++i) q[i] = quantize_dynamic(code256, load(x, dtype, i) * inv);
     }
 }
 
 void q8_dequantize(const uint8_t * q, const float * absmax, int64_t n, int32_t blocksize, const float * code256,
-                   int64_t b0, int64_t b1, float * out) {
+                   int64_t b0, int64_t b1, void * out, qlora_dtype dtype) {
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t e0 = b * blocksize, e1 = std::min(n, e0 + blocksize);
-        for (int64_t i = e0; i < e1; ++i) out[i] = code256[q[i]] * absmax[b];
+        for (int64_t i = e0; i < e1; ++i) store(out, dtype, i, code256[q[i]] * absmax[b]);
     }
 }
 
@@ -95,12 +99,10 @@ void dq_scales(const uint8_t * qabsmax, const float * nested_absmax, int32_t nes
     }
 }
 
-} // namespace qlora::ref
-
-namespace qlora::ref {
 int64_t find_nonfinite(const void * x, qlora_dtype dtype, int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
         if (!std::isfinite(load(x, dtype, i))) return i;
     return -1;
 }
+
 } // namespace qlora::ref

@@ -1,0 +1,45 @@
+// Fused 4-bit matmul: the resolved arguments every backend receives, and the
+// backend entry points. W is [N, K] (bitsandbytes layout); FORWARD computes
+// y[M,N] = alpha * x[M,K] W^T + beta * y, BACKWARD y[M,K] = alpha * x[M,N] W + beta * y.
+#pragma once
+
+#include "qlora.h"
+
+#include <cstdint>
+
+struct qlora_context;
+struct qlora_q4_tensor;
+
+namespace qlora {
+
+struct MatmulArgs {
+    qlora_matmul_op         op;
+    int64_t                 M, N, K;     // W is [N, K]
+    const void *            x;           // [M, K] forward, [M, N] backward
+    qlora_dtype             x_dtype;     // F32 or BF16
+    int64_t                 ldx;         // row stride of x in elements
+    void *                  y;           // [M, N] forward, [M, K] backward
+    qlora_dtype             y_dtype;     // F32 or BF16
+    int64_t                 ldy;
+    float                   alpha, beta; // alpha != 0 (alpha == 0 is handled before dispatch)
+    const qlora_q4_tensor * w;
+
+    // Columns of y and length of the reduction.
+    int64_t out_cols() const { return op == QLORA_MATMUL_FORWARD ? N : K; }
+    int64_t red_len() const { return op == QLORA_MATMUL_FORWARD ? K : N; }
+};
+
+namespace ref {
+// The scalar oracle: every weight dequantized on the fly (code * block scale
+// in fp32, exactly as qlora_q4_dequantize), products and sums in float64, then
+// alpha * sum + beta * y in float64, rounded once to fp32 (then to bf16 for a
+// BF16 y).
+void q4_matmul(const MatmulArgs & a);
+} // namespace ref
+
+namespace cpu {
+// SIMD by the context's ISA, threads from its pool, scratch from its arena.
+void q4_matmul(qlora_context & ctx, const MatmulArgs & a);
+} // namespace cpu
+
+} // namespace qlora
