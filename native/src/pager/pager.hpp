@@ -45,10 +45,9 @@ public:
 void check_pager_params(const qlora_pager_params & params);
 
 std::shared_ptr<Pager> make_host_spill_pager(const qlora_pager_params & params);
-#if defined(QLORA_CUDA)
-// Provided by the CUDA backend (src/cuda).
-std::shared_ptr<Pager> make_cuda_unified_pager(const qlora_pager_params & params);
-#endif
+// QLORA_PAGER_CUDA_UNIFIED slots in here: a `make_cuda_unified_pager(params)`
+// defined in src/cuda (cudaMallocManaged + prefetch/advise, docs/pager.md),
+// called from qlora_pager_create where it now answers UNSUPPORTED.
 
 } // namespace qlora
 
