@@ -21,7 +21,7 @@ static_assert(std::endian::native == std::endian::little, "the optimizer state f
 namespace qlora::optim {
 
 void check_adamw_params(const qlora_adamw_params & p) {
-    const int32_t state = enum_bits(p.state);
+    const int32_t state = raw_enum(p.state);
     QLORA_CHECK_ARG(state == QLORA_OPTIM_STATE_F32 || state == QLORA_OPTIM_STATE_8BIT, "unknown state value %d", state);
     QLORA_CHECK_ARG(std::isfinite(p.lr) && p.lr >= 0.0f, "lr must be finite and >= 0, got %g", double(p.lr));
     QLORA_CHECK_ARG(p.beta1 >= 0.0f && p.beta1 < 1.0f, "beta1 must be in [0, 1), got %g", double(p.beta1));

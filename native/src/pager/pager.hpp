@@ -5,21 +5,10 @@
 #include "qlora.h"
 
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <string>
 
 namespace qlora {
-
-// The integer a caller passed for a C enum. Reading an out-of-range value as
-// the C++ enum type is undefined behaviour, so ABI checks read the bits.
-template <typename E>
-int32_t enum_bits(const E & e) {
-    static_assert(sizeof(E) == sizeof(int32_t), "C enums are int-sized here");
-    int32_t v;
-    std::memcpy(&v, &e, sizeof v);
-    return v;
-}
 
 class Pager {
 public:

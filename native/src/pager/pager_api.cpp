@@ -42,7 +42,7 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
         using namespace qlora;
         check_pager_params(*params);
         auto handle = std::make_unique<qlora_pager>();
-        const int32_t backing = enum_bits(params->backing);
+        const int32_t backing = raw_enum(params->backing);
         QLORA_CHECK_ARG(backing == QLORA_PAGER_HOST_SPILL_FILE || backing == QLORA_PAGER_CUDA_UNIFIED,
                         "unknown backing value %d", backing);
         switch (params->backing) {
@@ -81,7 +81,7 @@ QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int6
         QLORA_CHECK_NOT_NULL(out_ptr);
         // Validate the enum from its bits: an out-of-range value must not be
         // used as a qlora_pager_access (undefined behaviour in C++).
-        const int32_t mode = qlora::enum_bits(access);
+        const int32_t mode = qlora::raw_enum(access);
         QLORA_CHECK_ARG(mode == QLORA_PAGER_READ || mode == QLORA_PAGER_READ_WRITE || mode == QLORA_PAGER_OVERWRITE,
                         "unknown access value %d", mode);
         *out_ptr = p.acquire(id, offset, bytes, static_cast<qlora_pager_access>(mode));
