@@ -42,7 +42,10 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
         using namespace qlora;
         check_pager_params(*params);
         auto handle = std::make_unique<qlora_pager>();
-        switch (params->backing) {
+        // Raw bytes: a caller may pass any int, and loading an out-of-range
+        // value as the enum type is undefined behaviour (found by fuzzing).
+        const int32_t backing = raw_enum(params->backing);
+        switch (backing) {
             case QLORA_PAGER_HOST_SPILL_FILE: handle->impl = make_host_spill_pager(*params); break;
             case QLORA_PAGER_CUDA_UNIFIED:
 #if defined(QLORA_CUDA)
@@ -53,7 +56,7 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
                      "backing QLORA_PAGER_CUDA_UNIFIED needs the CUDA backend (configure with -DQLORA_CUDA=ON)");
 #endif
             default:
-                fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backing value %d", static_cast<int>(params->backing));
+                fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backing value %d", backing);
         }
         *out = handle.release();
     });
@@ -78,6 +81,11 @@ QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int6
     return QLORA_GUARD({
         auto & p = qlora::checked(pager);
         QLORA_CHECK_NOT_NULL(out_ptr);
+        // Raw bytes first: loading an out-of-range value as the enum type is
+        // undefined behaviour (a caller may pass any int).
+        const int32_t a = qlora::raw_enum(access);
+        QLORA_CHECK_ARG(a == QLORA_PAGER_READ || a == QLORA_PAGER_READ_WRITE || a == QLORA_PAGER_OVERWRITE,
+                        "unknown access value %d", a);
         *out_ptr = p.acquire(id, offset, bytes, access);
     });
 }

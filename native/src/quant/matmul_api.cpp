@@ -57,9 +57,11 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
         const ViewInfo yv = check_view(y, "y", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16});
         if (t.device != QLORA_DEVICE_HOST)
             fail(QLORA_ERROR_UNSUPPORTED, "w lives on device %d; the CPU matmul needs a host tensor", t.device);
-        QLORA_CHECK_ARG(params->op == QLORA_MATMUL_FORWARD || params->op == QLORA_MATMUL_BACKWARD,
-                        "params->op must be QLORA_MATMUL_FORWARD (0) or QLORA_MATMUL_BACKWARD (1), got %d",
-                        static_cast<int>(params->op));
+        // Raw bytes: a caller may pass any int, and loading an out-of-range
+        // value as the enum type is undefined behaviour (found by fuzzing).
+        const int32_t op = raw_enum(params->op);
+        QLORA_CHECK_ARG(op == QLORA_MATMUL_FORWARD || op == QLORA_MATMUL_BACKWARD,
+                        "params->op must be QLORA_MATMUL_FORWARD (0) or QLORA_MATMUL_BACKWARD (1), got %d", op);
         QLORA_CHECK_ARG(std::isfinite(params->alpha), "params->alpha must be finite, got %f",
                         static_cast<double>(params->alpha));
         QLORA_CHECK_ARG(std::isfinite(params->beta), "params->beta must be finite, got %f",
