@@ -21,6 +21,8 @@ static_assert(std::endian::native == std::endian::little, "the optimizer state f
 namespace qlora::optim {
 
 void check_adamw_params(const qlora_adamw_params & p) {
+    // Raw bytes: a caller may pass any int, and loading an out-of-range value
+    // as the enum type is undefined behaviour (found by fuzzing).
     const int32_t state = raw_enum(p.state);
     QLORA_CHECK_ARG(state == QLORA_OPTIM_STATE_F32 || state == QLORA_OPTIM_STATE_8BIT, "unknown state value %d", state);
     QLORA_CHECK_ARG(std::isfinite(p.lr) && p.lr >= 0.0f, "lr must be finite and >= 0, got %g", double(p.lr));
@@ -77,6 +79,7 @@ constexpr uint32_t kVersion = 1;
 constexpr uint32_t kAlgorithmAdamW = 1;
 constexpr int64_t  kHeaderBytes = 72; // then int64 numel[n_buffers], the blocks, uint32 CRC32C
 constexpr int64_t  kIoChunk = INT64_C(1) << 20;
+constexpr int64_t  kMaxSteps = INT64_C(1) << 62;
 
 struct Header {
     char     magic[8];
@@ -303,6 +306,8 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
         if (coef < 1.0) gscale = static_cast<float>(coef);
     }
 
+    if (steps_done >= kMaxSteps)
+        fail(QLORA_ERROR_INVALID_ARGUMENT, "the step counter reached its limit of %lld steps", static_cast<long long>(kMaxSteps));
     const int64_t t = steps_done + 1;
     const StepConsts consts = step_consts(params, t, gscale);
     const bool eight = params.state == QLORA_OPTIM_STATE_8BIT;
@@ -508,6 +513,10 @@ void qlora_adamw::load(const std::string & path) {
         fail(QLORA_ERROR_INVALID_ARGUMENT, "'%s' holds %u buffers but this optimizer has %zu registered", ps,
              h.n_buffers, buffers.size());
     if (h.step < 0) fail(QLORA_ERROR_FORMAT, "'%s' has a negative step count %lld", ps, static_cast<long long>(h.step));
+    // No run takes 2^62 steps; a count near INT64_MAX would overflow the next step (found by fuzzing).
+    if (h.step >= kMaxSteps)
+        fail(QLORA_ERROR_FORMAT, "'%s' has step count %lld; the limit is %lld", ps, static_cast<long long>(h.step),
+             static_cast<long long>(kMaxSteps));
     qlora_adamw_params fp = params;
     fp.lr = h.lr;
     fp.beta1 = h.beta1;
