@@ -26,7 +26,11 @@ namespace qlora::cuda {
 
 struct AdamwDeviceStates {
     int32_t                   device = 0;
-    std::vector<DeviceBuffer> buffers; // one per optimizer buffer, storage_bytes each
+    std::vector<DeviceBuffer> buffers;        // one per optimizer buffer, storage_bytes each
+    cudaEvent_t               done = nullptr; // recorded after the last step's updates (on that step's stream)
+    ~AdamwDeviceStates() {
+        if (done) cudaEventDestroy(done);
+    }
 };
 
 namespace {
@@ -64,6 +68,7 @@ void states_to_device(CudaState & st, qlora_adamw & opt) {
     }
     auto ds = std::make_shared<AdamwDeviceStates>();
     ds->device = st.device;
+    check(cudaEventCreateWithFlags(&ds->done, cudaEventDisableTiming), "cudaEventCreateWithFlags");
     {
         StreamSync sync(st);
         for (const auto & b : opt.buffers) {
@@ -135,6 +140,8 @@ Views check_views(CudaState & st, const qlora_adamw & opt, const qlora_view * pv
 void adamw_states_to_host(qlora_adamw & opt) {
     if (!opt.device_states) return;
     DeviceGuard g(opt.device_states->device);
+    // The last step's kernels may still run on the stream it was given.
+    check(cudaEventSynchronize(opt.device_states->done), "cudaEventSynchronize (AdamW states)");
     for (size_t i = 0; i < opt.buffers.size(); ++i) {
         auto & b = opt.buffers[i];
         b.host.resize(static_cast<size_t>(b.storage_bytes));
@@ -237,8 +244,11 @@ qlora_adamw_step_info adamw_step(qlora_context & ctx, qlora_adamw & opt, const q
     if (!pager) states_to_device(st, opt); // before anything changes: a failure here leaves the optimizer as it was
     try {
         if (!pager) {
+            // after the previous step's updates, also when it ran on another stream
+            check(cudaStreamWaitEvent(st.stream, opt.device_states->done, 0), "cudaStreamWaitEvent");
             for (size_t i = 0; i < nb; ++i)
                 update(i, 0, opt.buffers[i].n_blocks, static_cast<uint8_t *>(opt.device_states->buffers[i].data()));
+            check(cudaEventRecord(opt.device_states->done, st.stream), "cudaEventRecord");
         } else if (unified) {
             // Groups of up to half the budget's pages (at least one chunk): pinned (prefetched), updated, then
             // the stream is synchronized before the pages are released.

@@ -72,4 +72,28 @@ private:
 
 inline size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+// Managed-memory hints, for CUDA 11/12 (device ordinal) and 13 (cudaMemLocation)
+// alike; `device` may be cudaCpuDeviceId for the host.
+inline cudaError_t prefetch_managed(const void * p, size_t bytes, int device, cudaStream_t stream) {
+#if CUDART_VERSION >= 13000
+    cudaMemLocation loc{};
+    loc.type = device == cudaCpuDeviceId ? cudaMemLocationTypeHost : cudaMemLocationTypeDevice;
+    loc.id = device == cudaCpuDeviceId ? 0 : device;
+    return cudaMemPrefetchAsync(p, bytes, loc, 0, stream);
+#else
+    return cudaMemPrefetchAsync(p, bytes, device, stream);
+#endif
+}
+
+inline cudaError_t advise_preferred_location(const void * p, size_t bytes, int device) {
+#if CUDART_VERSION >= 13000
+    cudaMemLocation loc{};
+    loc.type = device == cudaCpuDeviceId ? cudaMemLocationTypeHost : cudaMemLocationTypeDevice;
+    loc.id = device == cudaCpuDeviceId ? 0 : device;
+    return cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, loc);
+#else
+    return cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, device);
+#endif
+}
+
 } // namespace qlora::cuda

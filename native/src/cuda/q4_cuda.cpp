@@ -180,9 +180,12 @@ Code256 code256(const float * code) {
 }
 
 // Quantizes device memory x (contiguous rows x cols of `dtype`) into a new
-// device tensor. Synchronizes the stream (NaN/Inf report, nested offset).
+// device tensor, whose storage is persistent (cudaMalloc) or, with `temp`,
+// stream-ordered memory owned by *temp. Synchronizes the stream (NaN/Inf
+// report, nested offset).
 std::unique_ptr<qlora_q4_tensor> quantize_device(CudaState & st, const void * x, qlora_dtype dtype, int64_t rows,
-                                                 int64_t cols, const qlora_quant_params & p) {
+                                                 int64_t cols, const qlora_quant_params & p,
+                                                 StreamBuffer * temp = nullptr) {
     auto t = std::make_unique<qlora_q4_tensor>();
     t->rows = rows;
     t->cols = cols;
@@ -193,7 +196,12 @@ std::unique_ptr<qlora_q4_tensor> quantize_device(CudaState & st, const void * x,
     t->orig_dtype = dtype;
     std::memcpy(t->code, code_table(t->quant_type), sizeof(t->code));
     if (t->double_quant) std::memcpy(t->nested_code, signed_dynamic_map(), sizeof(t->nested_code));
-    allocate_device_storage(st, *t);
+    if (temp) {
+        *temp = st.temp(layout_of(*t).total, "a 4-bit tensor on the device");
+        place_parts(st, *t, temp->as<uint8_t>());
+    } else {
+        allocate_device_storage(st, *t);
+    }
 
     const int64_t n = t->numel(), nb = t->n_blocks();
     StreamBuffer bad_buf, absmax_buf;
@@ -273,7 +281,8 @@ std::unique_ptr<qlora_q4_tensor> q4_quantize(qlora_context & ctx, const ViewInfo
     const size_t bytes = static_cast<size_t>(src.numel()) * qlora_dtype_size(src.dtype);
     StreamBuffer x = st.temp(bytes, "staging src on the device");
     check(cudaMemcpyAsync(x.data(), src.data, bytes, cudaMemcpyHostToDevice, st.stream), "cudaMemcpyAsync (src)");
-    auto d = quantize_device(st, x.data(), src.dtype, src.rows, src.cols, p);
+    StreamBuffer storage; // stream-ordered: no cudaFree (a device-wide wait) for the staged tensor
+    auto d = quantize_device(st, x.data(), src.dtype, src.rows, src.cols, p, &storage);
     return download(st, *d);
 }
 

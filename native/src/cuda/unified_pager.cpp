@@ -7,8 +7,10 @@
 // the host). It never prefetches more than the device has free: the
 // effective budget is capped by the free device memory at creation, and an
 // acquire that would need more than is free now is OUT_OF_MEMORY with the
-// sizes. Prefetches run on the pager's own stream; acquire waits for them, so
-// the data is on the device when the caller's kernels run.
+// sizes; an allocation larger than the device's free memory is refused too
+// (managed memory is never oversubscribed). Prefetches run on the pager's own
+// stream; acquire waits for them, so the data is on the device when the
+// caller's kernels run.
 #include "cuda/cuda_common.hpp"
 #include "pager/pager.hpp"
 
@@ -67,6 +69,14 @@ public:
                         static_cast<long long>(bytes));
         const int64_t pages = (bytes + page_bytes_ - 1) / page_bytes_;
         cuda::DeviceGuard g(device_);
+        // Never more managed memory than the device has free (oversubscribed
+        // managed memory can stall the whole GPU on some systems).
+        size_t free_b = 0, total_b = 0;
+        cuda::check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+        if (pages * page_bytes_ > static_cast<int64_t>(free_b))
+            fail(QLORA_ERROR_OUT_OF_MEMORY, "cannot allocate %lld bytes of CUDA managed memory: CUDA device %d has %zu of "
+                 "%zu bytes free, and the pager never asks for more managed memory than that",
+                 static_cast<long long>(pages * page_bytes_), static_cast<int>(device_), free_b, total_b);
         void * p = nullptr;
         const cudaError_t e = cudaMallocManaged(&p, static_cast<size_t>(pages * page_bytes_), cudaMemAttachGlobal);
         if (e == cudaErrorMemoryAllocation) {
@@ -151,7 +161,7 @@ public:
             uint8_t * ptr = a.base + p * page_bytes_;
             const int64_t len = page_len(a, p);
             if (!pg.resident) {
-                cuda::check(cudaMemAdvise(ptr, static_cast<size_t>(len), cudaMemAdviseSetPreferredLocation, device_),
+                cuda::check(cuda::advise_preferred_location(ptr, static_cast<size_t>(len), device_),
                             "cudaMemAdvise (preferred location: device)");
                 const bool whole = acc == QLORA_PAGER_OVERWRITE && p * page_bytes_ >= offset &&
                                    p * page_bytes_ + len <= offset + bytes;
@@ -159,7 +169,7 @@ public:
                     // Never written: zero it on the device (this also places it there).
                     cuda::check(cudaMemsetAsync(ptr, 0, static_cast<size_t>(len), stream_), "cudaMemsetAsync (new page)");
                 } else if (pg.written) {
-                    cuda::check(cudaMemPrefetchAsync(ptr, static_cast<size_t>(len), device_, stream_),
+                    cuda::check(cuda::prefetch_managed(ptr, static_cast<size_t>(len), device_, stream_),
                                 "cudaMemPrefetchAsync (to the device)");
                     ++page_ins_;
                     bytes_in_ += len;
@@ -266,9 +276,9 @@ private:
             Page & pg = a.pages[static_cast<size_t>(it->page)];
             uint8_t * ptr = a.base + it->page * page_bytes_;
             const int64_t len = page_len(a, it->page);
-            cuda::check(cudaMemAdvise(ptr, static_cast<size_t>(len), cudaMemAdviseSetPreferredLocation, cudaCpuDeviceId),
+            cuda::check(cuda::advise_preferred_location(ptr, static_cast<size_t>(len), cudaCpuDeviceId),
                         "cudaMemAdvise (preferred location: host)");
-            cuda::check(cudaMemPrefetchAsync(ptr, static_cast<size_t>(len), cudaCpuDeviceId, stream_),
+            cuda::check(cuda::prefetch_managed(ptr, static_cast<size_t>(len), cudaCpuDeviceId, stream_),
                         "cudaMemPrefetchAsync (to the host)");
             pg.resident = false;
             --resident_;

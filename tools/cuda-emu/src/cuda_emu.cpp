@@ -17,8 +17,10 @@
 #include <vector>
 
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
 
 namespace qlora_emu {
 
@@ -186,23 +188,69 @@ cudaError_t unmap_alloc(void * p) {
 bool device_ok(int d) { return d >= 0 && d < state().devices; }
 
 // ---- fibers -----------------------------------------------------------------------
+// On x86-64 a fiber switch saves the callee-saved registers and the stack
+// pointer (no signal mask system call, unlike swapcontext): the emulator
+// switches millions of times per test.
+
+#if defined(__x86_64__)
+extern "C" void qlora_emu_switch(void ** save_sp, void * load_sp);
+asm(R"(
+    .text
+    .globl qlora_emu_switch
+    .type qlora_emu_switch, @function
+qlora_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size qlora_emu_switch, .-qlora_emu_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+struct FiberContext {
+    void * sp = nullptr;
+};
+#else
+struct FiberContext {
+    ucontext_t uc;
+};
+#endif
 
 enum class Wait { None, Block, Warp, Done };
 
 struct Fiber {
-    ucontext_t  ctx;
-    ThreadState ts;
-    Wait        wait = Wait::None;
+    FiberContext ctx;
+    ThreadState  ts;
+    Wait         wait = Wait::None;
 };
 
 struct BlockRun {
     std::vector<Fiber>          fibers;
     std::vector<uint64_t>       slots; // 32 per warp
-    ucontext_t                  sched;
+    FiberContext                sched;
     int                         current = -1;
     const std::function<void()> * body = nullptr;
     bool                        failed = false;
 };
+
+void switch_to(FiberContext & save, FiberContext & load) {
+#if defined(__x86_64__)
+    qlora_emu_switch(&save.sp, load.sp);
+#else
+    swapcontext(&save.uc, &load.uc);
+#endif
+}
 
 constexpr size_t kStackBytes = 128 * 1024;
 BlockRun * g_run = nullptr;
@@ -229,18 +277,37 @@ Stacks & stacks() {
     return s;
 }
 
-void fiber_entry() {
+[[noreturn]] void fiber_entry() {
     BlockRun & r = *g_run;
     (*r.body)();
     r.fibers[static_cast<size_t>(r.current)].wait = Wait::Done;
-    swapcontext(&r.fibers[static_cast<size_t>(r.current)].ctx, &r.sched);
+    switch_to(r.fibers[static_cast<size_t>(r.current)].ctx, r.sched);
+    std::abort(); // a finished fiber is never resumed
+}
+
+void init_fiber(Fiber & f, uint8_t * stack) {
+#if defined(__x86_64__)
+    // What qlora_emu_switch pops: six registers, then the "return address"
+    // fiber_entry, entered with rsp = 8 mod 16 as after a call.
+    auto * top = reinterpret_cast<uint64_t *>(reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t(15));
+    top[-1] = 0;
+    top[-2] = reinterpret_cast<uint64_t>(&fiber_entry);
+    for (int i = 3; i <= 8; ++i) top[-i] = 0;
+    f.ctx.sp = top - 8;
+#else
+    getcontext(&f.ctx.uc);
+    f.ctx.uc.uc_stack.ss_sp = stack;
+    f.ctx.uc.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc.uc_link = nullptr;
+    makecontext(&f.ctx.uc, reinterpret_cast<void (*)()>(fiber_entry), 0);
+#endif
 }
 
 void yield(Wait w) {
     BlockRun & r = *g_run;
     Fiber & f = r.fibers[static_cast<size_t>(r.current)];
     f.wait = w;
-    swapcontext(&f.ctx, &r.sched);
+    switch_to(f.ctx, r.sched);
 }
 
 // Runs one block to completion; false if its threads deadlocked on barriers.
@@ -254,11 +321,7 @@ bool run_block(BlockRun & r, const dim3 & block) {
                          static_cast<unsigned>(i) / (block.x * block.y)};
         f.ts.lane = i % 32;
         f.ts.warp = i / 32;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stacks().get(static_cast<size_t>(i));
-        f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, fiber_entry, 0);
+        init_fiber(f, stacks().get(static_cast<size_t>(i)));
     }
     int done = 0;
     while (done < n) {
@@ -267,7 +330,7 @@ bool run_block(BlockRun & r, const dim3 & block) {
             Fiber & f = r.fibers[static_cast<size_t>(i)];
             if (f.wait != Wait::None) continue;
             r.current = i;
-            swapcontext(&r.sched, &f.ctx);
+            switch_to(r.sched, f.ctx);
             r.current = -1;
             ran = true;
             if (f.wait == Wait::Done) ++done;
