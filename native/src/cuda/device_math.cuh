@@ -11,6 +11,7 @@
 #endif
 
 #include <cstdint>
+#include <cstring>
 
 #include "qlora.h"
 
@@ -18,8 +19,24 @@
 
 namespace qlora::cuda {
 
-QLORA_HD uint32_t f32_bits(float f) { return __float_as_uint(f); }
-QLORA_HD float f32_from_bits(uint32_t u) { return __uint_as_float(u); }
+QLORA_HD uint32_t f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+#endif
+}
+QLORA_HD float f32_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(u);
+#else
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+#endif
+}
 
 QLORA_HD float bf16_to_f32(uint16_t h) { return f32_from_bits(static_cast<uint32_t>(h) << 16); }
 

@@ -262,7 +262,8 @@ QLORA_API qlora_status qlora_q4_get_parts(qlora_q4_tensor_t tensor, qlora_q4_par
         const auto & t = checked(tensor);
         QLORA_CHECK_NOT_NULL(out);
         if (t.device != QLORA_DEVICE_HOST)
-            fail(QLORA_ERROR_UNSUPPORTED, "tensor lives on device %d; copy it to the host first", t.device);
+            fail(QLORA_ERROR_UNSUPPORTED, "tensor lives on device %d; copy it to the host first (qlora_q4_to_host)",
+                 t.device);
         qlora_q4_parts p{};
         p.packed = t.packed.data();
         p.code = t.code;

@@ -20,7 +20,7 @@
 //    past the end crash too); a configurable capacity gives real
 //    out-of-memory errors (QLORA_CUDA_EMU_MEMORY_MB, default 4096);
 //  - QLORA_CUDA_EMU_DEVICES=0 makes cudaGetDeviceCount fail like a machine
-//    without a driver.
+//    without a driver; QLORA_CUDA_EMU_TRACE=1 prints every kernel launch.
 #pragma once
 
 #include <cmath>

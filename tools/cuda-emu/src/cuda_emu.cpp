@@ -403,6 +403,10 @@ void enqueue_kernel(const LaunchConfig & cfg, std::function<void()> body) {
         set_error(cudaErrorInvalidResourceHandle);
         return;
     }
+    static const bool trace = std::getenv("QLORA_CUDA_EMU_TRACE") != nullptr;
+    if (trace)
+        std::fprintf(stderr, "cuda-emu: launch grid (%u, %u, %u) block (%u, %u, %u)\n", cfg.grid.x, cfg.grid.y, cfg.grid.z,
+                     cfg.block.x, cfg.block.y, cfg.block.z);
     const LaunchConfig c = cfg;
     enqueue(*s, [c, body = std::move(body)]() {
         BlockRun run;
