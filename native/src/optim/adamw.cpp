@@ -16,6 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if QLORA_CUDA
+#include "cuda/cuda_ops.hpp"
+#endif
+
 static_assert(std::endian::native == std::endian::little, "the optimizer state file is written little-endian");
 
 namespace qlora::optim {
@@ -216,6 +220,13 @@ void qlora_adamw::add_buffer(int64_t numel) {
     buffers.push_back(std::move(b));
 }
 
+void qlora_adamw::states_to_host() const {
+#if QLORA_CUDA
+    // Moving the storage back does not change the optimizer's logical state.
+    if (device_states) qlora::cuda::adamw_states_to_host(const_cast<qlora_adamw &>(*this));
+#endif
+}
+
 qlora_adamw_info qlora_adamw::info() const {
     qlora_adamw_info i{};
     i.state = params.state;
@@ -238,9 +249,12 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
                     "n_buffers is %d but %zu buffers are registered", n_buffers, buffers.size());
     QLORA_CHECK_NOT_NULL(pviews);
     QLORA_CHECK_NOT_NULL(gviews);
-    if (ctx.backend != QLORA_BACKEND_REF && ctx.backend != QLORA_BACKEND_CPU)
-        fail(QLORA_ERROR_UNSUPPORTED, "the AdamW step has REF and CPU kernels only (context backend %d)",
-             static_cast<int>(ctx.backend));
+#if QLORA_CUDA
+    if (ctx.backend == QLORA_BACKEND_CUDA) return qlora::cuda::adamw_step(ctx, *this, pviews, gviews, n_buffers);
+#endif
+    QLORA_CHECK_ARG(ctx.backend == QLORA_BACKEND_REF || ctx.backend == QLORA_BACKEND_CPU,
+                    "the optimizer step runs on the REF and CPU backends only");
+    states_to_host();
 
     const size_t nb = buffers.size();
     std::vector<float *> p(nb);
@@ -405,6 +419,7 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
 
 void qlora_adamw::save(const std::string & path) const {
     check_usable("save");
+    states_to_host();
     QLORA_CHECK_ARG(!path.empty(), "path must not be empty");
     std::string tmp = path + ".tmp-XXXXXX";
     Fd f;
@@ -474,6 +489,7 @@ void qlora_adamw::save(const std::string & path) const {
 
 void qlora_adamw::load(const std::string & path) {
     QLORA_CHECK_ARG(!path.empty(), "path must not be empty");
+    states_to_host();
     const char * ps = path.c_str();
     Fd f;
     f.fd = ::open(ps, O_RDONLY | O_CLOEXEC);
