@@ -570,6 +570,188 @@ QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_contex
 /* Releases the scratch the context holds and restarts the high-water mark at 0. */
 QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
 
+/* ------------------------------------------------------------------------ */
+/* Memory pager: a residency budget for large, rarely-touched buffers        */
+/* (optimizer states). See docs/pager.md.                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Where the pages that are not resident live. */
+typedef enum qlora_pager_backing {
+    QLORA_PAGER_HOST_SPILL_FILE = 0, /* host memory; evicted pages go to a spill file (CRC32C per page) */
+    QLORA_PAGER_CUDA_UNIFIED    = 1  /* CUDA managed memory, prefetched to the device on acquire and
+                                        evicted to the host past the budget; UNSUPPORTED unless the
+                                        library was built with -DQLORA_CUDA=ON */
+} qlora_pager_backing;
+
+/* How an acquired range will be used. */
+typedef enum qlora_pager_access {
+    QLORA_PAGER_READ       = 0, /* read only: the pages stay clean (never written back) */
+    QLORA_PAGER_READ_WRITE = 1, /* read and modified: the pages become dirty */
+    QLORA_PAGER_OVERWRITE  = 2  /* every byte of the range will be written: pages wholly inside it are
+                                   not read back from the store (their old contents are lost) */
+} qlora_pager_access;
+
+typedef struct qlora_pager * qlora_pager_t;
+
+typedef struct qlora_pager_params {
+    qlora_pager_backing backing;      /* default QLORA_PAGER_HOST_SPILL_FILE */
+    int64_t             budget_bytes; /* most bytes resident at once; default INT64_MAX (no limit).
+                                         Less than one page: INVALID_ARGUMENT */
+    int64_t             page_bytes;   /* default 1 MiB; a power of two in [4 KiB, 1 GiB] */
+    const char *        spill_dir;    /* HOST_SPILL_FILE: directory of the spill file (UTF-8), created
+                                         if missing; NULL = $TMPDIR or /tmp. Copied by create. */
+    int32_t             device;       /* CUDA_UNIFIED: CUDA device ordinal; default 0 */
+} qlora_pager_params;
+
+/* Counters of a pager. Byte counts are exact (a tail page counts its bytes). */
+typedef struct qlora_pager_stats {
+    int64_t budget_bytes;
+    int64_t page_bytes;
+    int64_t allocations;         /* live allocations */
+    int64_t allocated_bytes;     /* their total size */
+    int64_t resident_bytes;      /* bytes of resident pages; never above budget_bytes */
+    int64_t peak_resident_bytes; /* highest resident_bytes since create / reset */
+    int64_t pinned_bytes;        /* bytes of acquired (pinned) pages */
+    int64_t page_ins;            /* pages read back from the store */
+    int64_t page_outs;           /* pages written to the store */
+    int64_t evictions;           /* pages made non-resident (clean ones are not written) */
+    int64_t bytes_paged_in;
+    int64_t bytes_spilled;       /* bytes written to the store */
+    int64_t store_bytes;         /* current size of the store (spill file) */
+} qlora_pager_stats;
+
+QLORA_API qlora_pager_params qlora_pager_default_params(void);
+
+/* Creates a pager. HOST_SPILL_FILE creates `spill_dir` if needed and a new,
+ * uniquely named spill file in it (removed by qlora_pager_free); a directory
+ * that cannot be created or written is QLORA_ERROR_IO (message has the path). */
+QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlora_pager_t * out);
+
+/* Frees the handle. Allocations still used by an optimizer keep the pager's
+ * storage alive until that optimizer is freed. Accepts NULL. */
+QLORA_API void qlora_pager_free(qlora_pager_t pager);
+
+/* A new zero-filled allocation of `bytes` bytes (no memory is committed until
+ * a page is acquired), addressed by the id written to `out_id` (> 0). */
+QLORA_API qlora_status qlora_pager_alloc(qlora_pager_t pager, int64_t bytes, int64_t * out_id);
+
+/* Frees an allocation; none of its pages may be acquired. */
+QLORA_API qlora_status qlora_pager_dealloc(qlora_pager_t pager, int64_t id);
+
+/* Makes bytes [offset, offset + bytes) of allocation `id` resident and pins
+ * them (evicting least-recently-used unpinned pages, writing dirty ones to
+ * the store, to stay within the budget); `*out_ptr` points at `offset`, and
+ * the range is contiguous. Pins nest: every acquire needs one release of the
+ * same range. Pinning more than the budget is QLORA_ERROR_OUT_OF_MEMORY. A
+ * page that cannot be read back (I/O error, short read, checksum mismatch:
+ * QLORA_ERROR_IO / QLORA_ERROR_FORMAT, message has the file, page and
+ * offset) is never returned, and nothing stays pinned on failure.
+ * HOST_SPILL_FILE pointers are host memory; CUDA_UNIFIED ones are managed
+ * memory usable on the pager's device and the host. */
+QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int64_t offset, int64_t bytes,
+                                           qlora_pager_access access, void ** out_ptr);
+
+/* Unpins a range acquired before; its pointer must not be used afterwards. */
+QLORA_API qlora_status qlora_pager_release(qlora_pager_t pager, int64_t id, int64_t offset, int64_t bytes);
+
+/* Evicts least-recently-used unpinned pages until at most `target_bytes` are
+ * resident (0: everything unpinned). */
+QLORA_API qlora_status qlora_pager_trim(qlora_pager_t pager, int64_t target_bytes);
+
+QLORA_API qlora_status qlora_pager_get_stats(qlora_pager_t pager, qlora_pager_stats * out);
+
+/* Zeroes the page-in/out counters and sets the peak to the current residency. */
+QLORA_API qlora_status qlora_pager_reset_stats(qlora_pager_t pager);
+
+/* ------------------------------------------------------------------------ */
+/* AdamW optimizer with 32-bit or 8-bit blockwise states (optionally paged)  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum qlora_optim_state {
+    QLORA_OPTIM_STATE_F32  = 0, /* m and v in fp32: 8 bytes per parameter */
+    QLORA_OPTIM_STATE_8BIT = 1  /* bitsandbytes' 8-bit blockwise states (block 256; m with the signed,
+                                   v with the unsigned dynamic map; fp32 absmax per block):
+                                   2.03 bytes per parameter */
+} qlora_optim_state;
+
+typedef struct qlora_adamw_params {
+    qlora_optim_state state;           /* default QLORA_OPTIM_STATE_F32 */
+    float             lr;              /* default 1e-3; >= 0 */
+    float             beta1;           /* default 0.9; in [0, 1) */
+    float             beta2;           /* default 0.999; in [0, 1) */
+    float             eps;             /* default 1e-8; > 0 */
+    float             weight_decay;    /* default 0.01; decoupled (AdamW); >= 0 */
+    float             max_grad_norm;   /* default 0 = no clipping; else gradients are scaled by
+                                          max_grad_norm / (norm + 1e-6) when that is below 1 */
+    int32_t           bias_correction; /* default 1 */
+} qlora_adamw_params;
+
+typedef struct qlora_adamw * qlora_adamw_t;
+
+typedef struct qlora_adamw_info {
+    qlora_optim_state state;
+    int32_t           n_buffers;
+    int64_t           numel;       /* parameters over all buffers */
+    int64_t           step;        /* completed steps */
+    int64_t           state_bytes; /* bytes of optimizer state (held by the pager when paged) */
+    int32_t           paged;       /* 1 when the states live in a pager */
+    int32_t           failed;      /* 1 after a step failed half-way (load a checkpoint to recover) */
+} qlora_adamw_info;
+
+typedef struct qlora_adamw_step_info {
+    int64_t step;       /* the step just completed (1 after the first) */
+    double  grad_norm;  /* global L2 norm of all gradients (float64), before clipping */
+    float   clip_scale; /* factor the gradients were scaled by (1 when not clipped) */
+} qlora_adamw_step_info;
+
+QLORA_API qlora_adamw_params qlora_adamw_default_params(void);
+
+/* Creates an optimizer with one parameter group. With `pager` NULL the states
+ * live in ordinary host memory; otherwise in that pager, which the optimizer
+ * keeps alive (the pager handle itself may be freed first). */
+QLORA_API qlora_status qlora_adamw_create(const qlora_adamw_params * params, qlora_pager_t pager,
+                                          qlora_adamw_t * out);
+QLORA_API void         qlora_adamw_free(qlora_adamw_t opt);
+
+/* Registers a parameter buffer of `numel` fp32 elements (before the first
+ * step); its states start at zero. `out_index` (may be NULL) gets its index,
+ * the order in which qlora_adamw_step takes the views. Only sizes are
+ * registered, never pointers: the step takes fresh views every time, so
+ * storage that moves between steps (e.g. a gradient re-allocated after
+ * zero_grad(set_to_none)) is fine. */
+QLORA_API qlora_status qlora_adamw_add_buffer(qlora_adamw_t opt, int64_t numel, int32_t * out_index);
+
+/* Replaces the hyper-parameters (e.g. the learning rate of a schedule); the
+ * state type cannot change. */
+QLORA_API qlora_status qlora_adamw_set_params(qlora_adamw_t opt, const qlora_adamw_params * params);
+QLORA_API qlora_status qlora_adamw_get_params(qlora_adamw_t opt, qlora_adamw_params * out);
+QLORA_API qlora_status qlora_adamw_get_info(qlora_adamw_t opt, qlora_adamw_info * out);
+
+/* One AdamW step over every registered buffer. `params[i]` / `grads[i]` are
+ * contiguous host F32 views with buffer i's element count (any 2-D shape);
+ * no two may overlap. Gradients are read, never modified (clipping scales
+ * them on the fly). Order per element, as bitsandbytes' kernels: g *= clip;
+ * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p += -lr sqrt(1-b2^t)/(1-b1^t)
+ * * m / (sqrt(v) + eps sqrt(1-b2^t)); then p *= 1 - lr wd. 8-bit states are
+ * dequantized before and requantized with the new block absmax after.
+ * A non-finite gradient is INVALID_ARGUMENT (buffer and element named) and
+ * changes nothing. Results are bit-identical across backends, ISAs, thread
+ * counts and pager budgets. `out` may be NULL. */
+QLORA_API qlora_status qlora_adamw_step(qlora_context_t ctx, qlora_adamw_t opt, const qlora_view * params,
+                                        const qlora_view * grads, int32_t n_buffers, qlora_adamw_step_info * out);
+
+/* Writes hyper-parameters, step, buffer sizes and states to `path`
+ * atomically (temporary file in the same directory, fsync, rename): on
+ * failure the previous file, if any, is left unchanged. */
+QLORA_API qlora_status qlora_adamw_save(qlora_adamw_t opt, const char * path);
+
+/* Restores a file written by qlora_adamw_save: hyper-parameters, step and
+ * states. The file is fully validated first (magic, version, state type,
+ * sizes, CRC32C); a file whose buffer count or sizes differ from the
+ * registered buffers is refused (INVALID_ARGUMENT naming the buffer), and any
+ * refusal leaves the optimizer unchanged. */
+QLORA_API qlora_status qlora_adamw_load(qlora_adamw_t opt, const char * path);
+
 #ifdef __cplusplus
 }
 #endif
