@@ -186,13 +186,9 @@ sealed class Build
         Engine.Info($"native {preset}: {NativeLibraryPath(preset, cuda)}");
     }
 
-    // The real file behind the libqlora.so symlink chain (CUDA builds are named libqlora_cuda).
-    static string NativeLibraryPath(string preset, bool cuda)
-    {
-        string link = Path.Combine(NativeDir(preset), "native", cuda ? "libqlora_cuda.so" : "libqlora.so");
-        if (!File.Exists(link)) return link;
-        return new FileInfo(link).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? link;
-    }
+    // libqlora.so (CUDA builds: libqlora_cuda.so), a symlink to the versioned file; readers follow it.
+    static string NativeLibraryPath(string preset, bool cuda) =>
+        Path.Combine(NativeDir(preset), "native", cuda ? "libqlora_cuda.so" : "libqlora.so");
 
     // ------------------------------------------------------------------ tests
 
