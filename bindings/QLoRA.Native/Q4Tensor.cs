@@ -311,6 +311,18 @@ public sealed unsafe class Q4Tensor : IDisposable
         }
     }
 
+    /// <summary>
+    /// Wraps a native 4-bit tensor that another native call produced (e.g. <c>qlora_bnb_read_q4</c>): the
+    /// returned object owns <paramref name="handle"/> from now on (disposing it frees the tensor).
+    /// </summary>
+    /// <exception cref="ArgumentException">The handle owns no native tensor.</exception>
+    public static Q4Tensor FromOwnedHandle(QLoraQ4TensorSafeHandle handle)
+    {
+        ArgumentNullException.ThrowIfNull(handle);
+        if (handle.IsInvalid || handle.IsClosed) throw new ArgumentException("the handle owns no native 4-bit tensor", nameof(handle));
+        return new Q4Tensor(handle);
+    }
+
     /// <summary>Builds a tensor from a managed copy of parts (see <see cref="GetParts"/>).</summary>
     public static Q4Tensor FromParts(QLoraContext context, Q4Parts parts)
     {
