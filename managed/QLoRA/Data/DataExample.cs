@@ -1,3 +1,5 @@
+using QLoRA.Tokenization;
+
 namespace QLoRA.Data;
 
 /// <summary>A piece of an example's text, and whether the loss is taken on its tokens.</summary>
@@ -6,13 +8,18 @@ namespace QLoRA.Data;
 public sealed record Segment(string Text, bool Train);
 
 /// <summary>
-/// One training example as text: the rendered prompt and response segments in order. Instruction data has
-/// two segments (source, target); a chat has one per message; plain text has one trainable segment.
+/// One training example as text. Instruction data has two segments (the rendered prompt, the response); plain
+/// text has one trainable segment; a chat has no segments but its <see cref="Messages"/>, which the tokenizer's
+/// chat template renders (assistant turns are trained on).
 /// </summary>
-/// <param name="Segments">The segments, in order.</param>
+/// <param name="Segments">The segments, in order (empty for a chat).</param>
 /// <param name="Origin">Where it came from, for messages ("data.jsonl:17", "wordnet data.noun:00001740").</param>
-public sealed record DataExample(IReadOnlyList<Segment> Segments, string Origin)
+/// <param name="Messages">The conversation of a chat example, else null.</param>
+public sealed record DataExample(IReadOnlyList<Segment> Segments, string Origin, IReadOnlyList<ChatMessage>? Messages = null)
 {
+    /// <summary>A chat example.</summary>
+    public static DataExample Chat(IReadOnlyList<ChatMessage> messages, string origin) => new([], origin, messages);
+
     /// <summary>An instruction pair: <paramref name="source"/> (not trained on) then <paramref name="target"/> (trained on).</summary>
     public static DataExample Pair(string source, string target, string origin) =>
         new([new Segment(source, false), new Segment(target, true)], origin);

@@ -1,6 +1,8 @@
 using System.Text;
 using System.Text.Json;
 
+using QLoRA.Tokenization;
+
 namespace QLoRA.Data;
 
 /// <summary>The layout of a data file's records.</summary>
@@ -18,18 +20,6 @@ public enum DataFormat
     Text,
 }
 
-/// <summary>One chat message.</summary>
-/// <param name="Role">"system", "user" or "assistant" (ShareGPT's human/gpt are mapped to user/assistant).</param>
-/// <param name="Content">The text.</param>
-public sealed record ChatMessage(string Role, string Content);
-
-/// <summary>Renders a conversation into segments; assistant messages are the trainable ones.</summary>
-public interface IChatTemplate
-{
-    /// <summary>The segments of <paramref name="messages"/> in order (assistant turns with Train = true).</summary>
-    IReadOnlyList<Segment> Render(IReadOnlyList<ChatMessage> messages);
-}
-
 /// <summary>Options of <see cref="DatasetReader"/>.</summary>
 public sealed record DataReadOptions
 {
@@ -38,9 +28,6 @@ public sealed record DataReadOptions
 
     /// <summary>How Alpaca instructions become prompts.</summary>
     public PromptTemplate Prompt { get; init; } = PromptTemplate.Compact;
-
-    /// <summary>How chats are rendered (required for chat records).</summary>
-    public IChatTemplate? ChatTemplate { get; init; }
 }
 
 /// <summary>
@@ -204,12 +191,10 @@ public static class DatasetReader
                 return (DataExample.Pair(RequiredString(record, "input", where), RequiredString(record, "output", where), where), false);
             case DataFormat.Chat:
             {
-                var template = options.ChatTemplate
-                    ?? throw new DataFormatException($"{where}: a chat record needs a chat template (none was given)");
                 var messages = ChatMessages(record, where);
                 if (!messages.Any(m => m.Role == "assistant"))
                     throw new DataFormatException($"{where}: the conversation has no assistant message to train on");
-                return (new DataExample(template.Render(messages), where), false);
+                return (DataExample.Chat(messages, where), false);
             }
             case DataFormat.Text:
                 return (new DataExample([new Segment(RequiredString(record, "text", where), true)], where), true);

@@ -1,3 +1,5 @@
+using QLoRA.Tokenization;
+
 namespace QLoRA.Data;
 
 /// <summary>What the data pipeline needs from a tokenizer.</summary>
@@ -11,6 +13,58 @@ public interface ITokenEncoder
 
     /// <summary>End-of-sequence id.</summary>
     int EosId { get; }
+
+    /// <summary>
+    /// A conversation through the chat template: its token ids (BOS and the template's special tokens included)
+    /// and, per token, whether it belongs to an assistant turn (the turn's text and its end-of-turn marker).
+    /// </summary>
+    (int[] Ids, bool[] Assistant) EncodeChat(IReadOnlyList<ChatMessage> messages);
+}
+
+/// <summary>
+/// <see cref="ITokenEncoder"/> over a model's <see cref="TextTokenizer"/> and its <see cref="ChatTemplate"/>.
+/// Assistant tokens of a chat are found by formatting growing prefixes of the conversation: turn i's tokens
+/// are those between the prompt that asks for it (messages before it + the generation prompt) and the
+/// conversation up to and including it.
+/// </summary>
+public sealed class TextTokenizerEncoder(TextTokenizer tokenizer) : ITokenEncoder
+{
+    /// <summary>The wrapped tokenizer.</summary>
+    public TextTokenizer Tokenizer { get; } = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
+
+    /// <inheritdoc/>
+    public IReadOnlyList<int> Encode(string text) => Tokenizer.Encode(text, addBos: false);
+
+    /// <inheritdoc/>
+    public int? BosId => Tokenizer.BosId;
+
+    /// <inheritdoc/>
+    public int EosId => Tokenizer.EosIds.Count > 0 ? Tokenizer.EosIds[0]
+        : throw new InvalidOperationException($"the tokenizer ({Tokenizer.Source}) has no end-of-sequence token");
+
+    /// <inheritdoc/>
+    public (int[] Ids, bool[] Assistant) EncodeChat(IReadOnlyList<ChatMessage> messages)
+    {
+        var template = Tokenizer.ChatTemplate;
+        int[] full = [.. template.Encode(Tokenizer, template.Format(messages, addGenerationPrompt: false))];
+        var assistant = new bool[full.Length];
+        for (int i = 0; i < messages.Count; i++)
+        {
+            if (messages[i].Role != "assistant") continue;
+            var before = template.Encode(Tokenizer, template.Format(messages.Take(i).ToList(), addGenerationPrompt: true));
+            var through = template.Encode(Tokenizer, template.Format(messages.Take(i + 1).ToList(), addGenerationPrompt: false));
+            int start = CommonPrefix(before, full), end = CommonPrefix(through, full);
+            for (int k = start; k < end; k++) assistant[k] = true;
+        }
+        return (full, assistant);
+    }
+
+    private static int CommonPrefix(IReadOnlyList<int> a, int[] b)
+    {
+        int n = Math.Min(a.Count, b.Length), i = 0;
+        while (i < n && a[i] == b[i]) i++;
+        return i;
+    }
 }
 
 /// <summary>Limits and switches of <see cref="Tokenization"/>.</summary>
@@ -66,8 +120,8 @@ public static class Tokenization
     public const int IgnoreIndex = -100;
 
     /// <summary>
-    /// Tokenizes an instruction/chat example: BOS, then each segment encoded on its own (as the QLoRA code does
-    /// with source and target), EOS after the last trainable segment. A two-segment example (prompt, response)
+    /// Tokenizes an example: a chat through <see cref="ITokenEncoder.EncodeChat"/>; otherwise BOS, then each
+    /// segment encoded on its own (as the QLoRA code does with source and target), EOS after the last trainable segment. A two-segment example (prompt, response)
     /// is cut to <see cref="TokenizeOptions.MaxSourceTokens"/> + <see cref="TokenizeOptions.MaxTargetTokens"/>;
     /// then every sequence to <see cref="TokenizeOptions.MaxLength"/>. Returns null when no trainable token is left.
     /// </summary>
@@ -75,7 +129,13 @@ public static class Tokenization
     {
         var ids = new List<int>();
         var train = new List<bool>();
-        bool pair = example.Segments.Count == 2 && !example.Segments[0].Train && example.Segments[1].Train;
+        if (example.Messages is { } messages)
+        {
+            var (chatIds, assistant) = tokenizer.EncodeChat(messages);
+            ids.AddRange(chatIds);
+            train.AddRange(assistant.Select(a => a || options.TrainOnSource));
+        }
+        bool pair = example.Messages is null && example.Segments.Count == 2 && !example.Segments[0].Train && example.Segments[1].Train;
         if (pair)
         {
             var src = new List<int>();
@@ -95,7 +155,7 @@ public static class Tokenization
             ids.AddRange(tgt);
             train.AddRange(Enumerable.Repeat(true, tgt.Count));
         }
-        else
+        else if (example.Messages is null)
         {
             if (tokenizer.BosId is { } bos)
             {

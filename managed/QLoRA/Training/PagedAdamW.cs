@@ -281,7 +281,7 @@ public sealed class PagedAdamW : IDisposable
 
     private static unsafe QLoraView View(Tensor t) => new()
     {
-        Data = (void*)t.data_ptr(),
+        Data = (void*)QLoRA.Models.TensorViews.DataPointer(t),
         Dtype = QLoraDtype.F32,
         Device = t.device_type == DeviceType.CUDA ? t.device_index : QLoraConstants.DeviceHost,
         Rows = 1,
