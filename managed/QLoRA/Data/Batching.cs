@@ -6,7 +6,7 @@ namespace QLoRA.Data;
 
 /// <summary>A batch as tensors: right-padded ids and labels [B, T] (int64) on the model's device.</summary>
 /// <param name="Ids">Token ids [B, T], padding = the pad id.</param>
-/// <param name="Labels">Labels [B, T], <see cref="Tokenization.IgnoreIndex"/> on prompt and padding positions.</param>
+/// <param name="Labels">Labels [B, T], <see cref="ExampleTokenizer.IgnoreIndex"/> on prompt and padding positions.</param>
 /// <param name="Tokens">Real (non-padding) tokens in the batch.</param>
 /// <param name="TrainTokens">Positions that count in the loss (after the shift).</param>
 public sealed record Batch(Tensor Ids, Tensor Labels, long Tokens, long TrainTokens) : IDisposable
@@ -99,7 +99,7 @@ public static class Batching
             {
                 bool real = i < e.Length;
                 ids[b * t + i] = real ? e.Ids[i] : padId;
-                labels[b * t + i] = real ? e.Labels[i] : Tokenization.IgnoreIndex;
+                labels[b * t + i] = real ? e.Labels[i] : ExampleTokenizer.IgnoreIndex;
             }
             tokens += e.Length;
             trainTokens += e.TrainTokens;

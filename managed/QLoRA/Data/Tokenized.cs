@@ -67,7 +67,7 @@ public sealed class TextTokenizerEncoder(TextTokenizer tokenizer) : ITokenEncode
     }
 }
 
-/// <summary>Limits and switches of <see cref="Tokenization"/>.</summary>
+/// <summary>Limits and switches of <see cref="ExampleTokenizer"/>.</summary>
 public sealed record TokenizeOptions
 {
     /// <summary>Most tokens of the prompt (BOS included); a longer prompt loses its beginning, so the part next to the response stays.</summary>
@@ -94,7 +94,7 @@ public sealed record TokenizeOptions
 
 /// <summary>
 /// A tokenized example: input ids and labels of the same length; a label is the id itself where the loss is taken
-/// and <see cref="Tokenization.IgnoreIndex"/> elsewhere (the usual shift happens in the loss).
+/// and <see cref="ExampleTokenizer.IgnoreIndex"/> elsewhere (the usual shift happens in the loss).
 /// </summary>
 public sealed record TokenizedExample(int[] Ids, int[] Labels)
 {
@@ -107,14 +107,14 @@ public sealed record TokenizedExample(int[] Ids, int[] Labels)
         get
         {
             int n = 0;
-            for (int i = 1; i < Labels.Length; i++) if (Labels[i] != Tokenization.IgnoreIndex) n++;
+            for (int i = 1; i < Labels.Length; i++) if (Labels[i] != ExampleTokenizer.IgnoreIndex) n++;
             return n;
         }
     }
 }
 
 /// <summary>Text examples to token ids and labels.</summary>
-public static class Tokenization
+public static class ExampleTokenizer
 {
     /// <summary>The label of positions that do not count in the loss (PyTorch's default ignore_index).</summary>
     public const int IgnoreIndex = -100;

@@ -60,6 +60,7 @@ public sealed class LoraModel
         {
             if (!Matches(name, targets)) continue;
             var lora = new LoraLinear(layer, options, gen);
+            lora.train(model.training);   // a new module starts in training mode; follow the model's
             model.ReplaceLinear(name, lora);
             layers.Add((name, lora));
         }

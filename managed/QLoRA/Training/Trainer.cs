@@ -319,7 +319,7 @@ public sealed class Trainer
         long v = logits.shape[2], t = logits.shape[1];
         var shifted = logits.narrow(1, 0, t - 1).reshape(-1, v);
         var labels = batch.Labels.narrow(1, 1, t - 1).reshape(-1);
-        var loss = nn.functional.cross_entropy(shifted, labels, ignore_index: QLoRA.Data.Tokenization.IgnoreIndex, reduction: nn.Reduction.Sum);
+        var loss = nn.functional.cross_entropy(shifted, labels, ignore_index: QLoRA.Data.ExampleTokenizer.IgnoreIndex, reduction: nn.Reduction.Sum);
         return loss.MoveToOuterDisposeScope();
     }
 

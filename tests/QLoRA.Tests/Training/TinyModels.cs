@@ -20,16 +20,23 @@ internal static class TinyModels
         TieWordEmbeddings = false, BosTokenId = 1, EosTokenIds = [2],
     }.Validate("tiny");
 
-    /// <summary>A random model (weights ~ N(0, 0.2^2)); the same seed gives the same weights.</summary>
-    public static LlamaForCausalLM Build(int seed, QuantSpec quant, ScalarType dtype = ScalarType.Float32, RopeStyle rope = RopeStyle.Half)
+    /// <summary>
+    /// A random model (weights ~ N(0, 0.2^2)); the same seed gives the same weights. With
+    /// <paramref name="asHuggingFace"/> the same weights in Hugging Face convention: q/k rows permuted to
+    /// rotate-half order and RoPE rotating halves, which computes the same function as the adjacent-pair model.
+    /// </summary>
+    public static LlamaForCausalLM Build(int seed, QuantSpec quant, ScalarType dtype = ScalarType.Float32, RopeStyle rope = RopeStyle.Half,
+                                         bool asHuggingFace = false, int dim = 32)
     {
         TorchRuntime.EnsureLoaded();
-        var c = Config(rope);
+        var c = Config(asHuggingFace ? RopeStyle.Half : rope, dim);
         using var gen = new Generator((ulong)seed);
         Tensor R(params long[] shape) => randn(shape, ScalarType.Float32, generator: gen).mul_(0.2f);
-        FrozenLinear Lin(long rows, long cols)
+        FrozenLinear Lin(long rows, long cols, int permuteHeads = 0)
         {
-            using var w = R(rows, cols);
+            using var w0 = R(rows, cols);
+            using var idx = tensor(QLoRA.Adapters.PeftAdapter.RotateHalfRowOrder(Math.Max(permuteHeads, 1), (int)rows / Math.Max(permuteHeads, 1)), ScalarType.Int64);
+            using var w = asHuggingFace && permuteHeads > 0 ? w0.index_select(0, idx) : w0.alias();
             return ModelLoader.MakeLinear(TensorViews.RowView(w), rows, cols, quant, dtype);
         }
         Tensor Norm() => ones([c.HiddenSize], dtype).add_(R(c.HiddenSize).mul_(0.5f).to(dtype));
@@ -38,7 +45,7 @@ internal static class TinyModels
         var layers = new List<LlamaDecoderLayer>();
         for (int l = 0; l < c.NumLayers; l++)
         {
-            var attn = new LlamaAttention(c, l, Lin(d, d), Lin(kv, d), Lin(kv, d), Lin(d, d));
+            var attn = new LlamaAttention(c, l, Lin(d, d, c.NumHeads), Lin(kv, d, c.NumKvHeads), Lin(kv, d), Lin(d, d));
             var mlp = new LlamaMlp(Lin(h, d), Lin(h, d), Lin(d, h));
             layers.Add(new LlamaDecoderLayer(new RmsNorm(Norm(), c.RmsNormEps), attn, new RmsNorm(Norm(), c.RmsNormEps), mlp));
         }
