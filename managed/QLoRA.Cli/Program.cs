@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 
 using QLoRA;
+using QLoRA.Cli;
 using QLoRA.Cli.Demo;
 using QLoRA.Native;
 using QLoRA.Native.Interop;
@@ -32,6 +33,8 @@ var demo = new Command("demo", "Quantize every linear weight of the model to NF4
 };
 demo.SetAction(r => Cli.Run(r, verbose, () => Cli.Demo(r.GetValue(demoModel)!, r.GetValue(json))));
 root.Add(demo);
+
+ModelCommands.Add(root, json, verbose);
 
 return root.Parse(args).Invoke();
 

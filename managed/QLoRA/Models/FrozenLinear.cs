@@ -163,7 +163,7 @@ public sealed class Q4MatmulFunction : autograd.SingleTensorFunction<Q4MatmulFun
     }
 
     /// <summary>y[..., outCols] = op(x[..., inCols], W), on x's memory where its layout allows (else on a contiguous copy).</summary>
-    internal static unsafe Tensor Run(QLoraContext context, Tensor x, Q4Tensor w, QLoraMatmulOp op, long inCols, long outCols)
+    public static unsafe Tensor Run(QLoraContext context, Tensor x, Q4Tensor w, QLoraMatmulOp op, long inCols, long outCols)
     {
         if (x.device_type != DeviceType.CPU)
             throw new NotSupportedException($"Linear4bit runs on CPU tensors here; got a {x.device_type} tensor");
@@ -185,6 +185,9 @@ public sealed class Q4MatmulFunction : autograd.SingleTensorFunction<Q4MatmulFun
             QLoraView yv = TensorViews.RowView(y);
             QLoraMatmulParams p = NativeMethods.qlora_matmul_default_params();
             p.Op = op;
+            // Small products (decode steps of small models) skip the thread pool's wake-up.
+            if (ReferenceEquals(context, NativeRuntime.Context) && rows * inCols * outCols < NativeRuntime.SingleThreadWork)
+                context = NativeRuntime.SingleThreadContext;
             lock (NativeRuntime.Gate)
             {
                 using var c = context.Handle.Lease();

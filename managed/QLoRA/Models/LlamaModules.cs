@@ -306,8 +306,10 @@ public sealed class LlamaAttention : nn.Module<Tensor, LayerInputs, Tensor>, ILi
             k = k.repeat_interleave(rep, 1);
             v = v.repeat_interleave(rep, 1);
         }
+        // Without a mask, either nothing is cached (plain causal attention over the T new tokens) or a single new
+        // token attends to everything cached (no masking needed); HiddenStates builds a mask for the other cases.
         Tensor attn = inputs.Mask is null
-            ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: t > 1 && inputs.Cache is null)
+            ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: t > 1)
             : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: inputs.Mask);
         var merged = attn.transpose(1, 2).reshape(b, t, _heads * _headDim);
         return o_proj.call(merged).MoveToOuterDisposeScope();

@@ -30,6 +30,12 @@ public sealed record ModelLoadOptions
     /// <summary>llama2.c only: the tokenizer.bin (default: tokenizer.bin next to the model file).</summary>
     public string? TokenizerPath { get; init; }
 
+    /// <summary>
+    /// llama2.c only: permute the rows of wq and wk from adjacent-pair to rotate-half RoPE before quantizing, giving
+    /// exactly the model that loading its Hugging Face conversion gives (needed to write a Hugging Face checkpoint).
+    /// </summary>
+    public bool RotateHalf { get; init; }
+
     /// <summary>Progress lines (one per step), or null.</summary>
     public Action<string>? Log { get; init; }
 }
@@ -137,11 +143,12 @@ public static class ModelLoader
             HeadDim = c.Dim / c.Heads,
             RmsNormEps = 1e-5,
             RopeTheta = 10000,
-            RopeStyle = RopeStyle.Adjacent,
+            RopeStyle = options.RotateHalf ? RopeStyle.Half : RopeStyle.Adjacent,
             MaxPositions = c.SeqLen,
             TieWordEmbeddings = c.SharedClassifier,
             BosTokenId = 1,
-            EosTokenIds = [2],
+            // llama2.c's story models end a story with BOS (id 1), where run.c stops; EOS (id 2) also stops.
+            EosTokenIds = [2, 1],
             ModelType = "llama",
             TorchDtype = "float32",
         }.Validate(path);
@@ -155,6 +162,7 @@ public static class ModelLoader
                 throw new FileNotFoundException($"{path}: no tokenizer: {tokPath} does not exist (pass the llama2.c tokenizer.bin explicitly)");
             tokenizer = TextTokenizer.FromLlama2cBin(tokPath, c.VocabSize);
             tokenizer.ChatTemplate = ChatTemplate.Alpaca;
+            tokenizer.AddEosIds(config.EosTokenIds);
         }
 
         int d = c.Dim, kv = config.KvDim, h = c.HiddenDim;
@@ -162,7 +170,18 @@ public static class ModelLoader
         var layers = new List<LlamaDecoderLayer>();
         for (int l = 0; l < c.Layers; l++)
         {
-            FrozenLinear Lin(QLoraLlama2cWeight w, long rows, long cols) => MakeLinear(file.Weight(w, l), rows, cols, quant, dtype);
+            FrozenLinear Lin(QLoraLlama2cWeight w, long rows, long cols)
+            {
+                var view = file.Weight(w, l);
+                if (!options.RotateHalf || w is not (QLoraLlama2cWeight.Wq or QLoraLlama2cWeight.Wk))
+                    return MakeLinear(view, rows, cols, quant, dtype);
+                float[] permuted = Checkpoints.PermuteForRotateHalf(view, w == QLoraLlama2cWeight.Wq ? c.Heads : c.KvHeads, rows, cols);
+                unsafe
+                {
+                    fixed (float* p = permuted)
+                        return MakeLinear(new QLoraView { Data = p, Dtype = QLoraDtype.F32, Device = QLoRA.Native.Interop.QLoraConstants.DeviceHost, Rows = rows, Cols = cols }, rows, cols, quant, dtype);
+                }
+            }
             var attn = new LlamaAttention(config, l, Lin(QLoraLlama2cWeight.Wq, d, d), Lin(QLoraLlama2cWeight.Wk, kv, d),
                 Lin(QLoraLlama2cWeight.Wv, kv, d), Lin(QLoraLlama2cWeight.Wo, d, d));
             var mlp = new LlamaMlp(Lin(QLoraLlama2cWeight.W1, h, d), Lin(QLoraLlama2cWeight.W3, h, d), Lin(QLoraLlama2cWeight.W2, d, h));

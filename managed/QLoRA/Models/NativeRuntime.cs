@@ -6,8 +6,9 @@ using TorchSharp;
 namespace QLoRA.Models;
 
 /// <summary>
-/// The one native context that every model in the process uses for its 4-bit work (quantizing while loading,
-/// the fused matmuls of <see cref="Linear4bit"/>), created on first use.
+/// The one native context (thread pool) that every model in the process uses for its 4-bit work (quantizing
+/// while loading, the fused matmuls of <see cref="Linear4bit"/>), created on first use, plus a single-threaded
+/// twin for products too small to be worth waking the pool (<see cref="SingleThreadWork"/>).
 /// </summary>
 /// <remarks>
 /// <para>Thread budget. libtorch's intra-op pool and the native core's pool each get one thread per core:
@@ -42,6 +43,29 @@ public static class NativeRuntime
             if (s_context is not null) return false;
             s_threads = threads;
             return true;
+        }
+    }
+
+    private static QLoraContext? s_single;
+
+    /// <summary>
+    /// Work (multiply-adds) below which a 4-bit matmul runs on <see cref="SingleThreadContext"/>: waking the
+    /// pool's workers costs more than such a small product (a decode step's matrix-vector products on small
+    /// models), especially on a busy machine.
+    /// </summary>
+    public static long SingleThreadWork { get; set; } = 1L << 20;
+
+    /// <summary>A single-threaded CPU context for small products (see <see cref="SingleThreadWork"/>).</summary>
+    public static QLoraContext SingleThreadContext
+    {
+        get
+        {
+            if (s_single is { } c) return c;
+            lock (s_lock)
+            {
+                s_single ??= QLoraContext.Create(new QLoraContextOptions { Backend = QLoraBackend.Cpu, Threads = 1 });
+                return s_single;
+            }
         }
     }
 
