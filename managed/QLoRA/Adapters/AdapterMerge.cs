@@ -4,8 +4,6 @@ using QLoRA.IO;
 using QLoRA.Lora;
 using QLoRA.Models;
 using QLoRA.Native;
-using QLoRA.Tokenization;
-using QLoRA.Training;
 
 using TorchSharp;
 
@@ -33,18 +31,17 @@ public sealed record MergeResult(string Directory, int Tensors, int MergedLayers
 
 /// <summary>
 /// Merges LoRA adapters into the base weights, W' = W + scale * B A, and writes the result as a Hugging Face
-/// model directory (config.json, model.safetensors, tokenizer files) in fp32, bf16 or re-quantized NF4. Weights
+/// model directory (config.json, model.safetensors) in fp32, bf16 or re-quantized NF4. Weights
 /// are written in Hugging Face layout: for a model loaded from llama2.c the q_proj/k_proj rows are permuted
 /// from adjacent-pair to rotate-half RoPE order (FORMATS.md).
 /// </summary>
 public static class AdapterMerge
 {
     /// <summary>
-    /// Writes the merged model of <paramref name="lora"/> to <paramref name="outDir"/>. Tokenizer files are copied
-    /// from <paramref name="sourceModel"/> when it is a directory, or built from the llama2.c
-    /// <paramref name="llama2cTokenizer"/> (tokenizer.model) when given.
+    /// Writes the merged weights (model.safetensors) and config.json of <paramref name="lora"/>'s model to
+    /// <paramref name="outDir"/>; tokenizer files come from <see cref="Checkpoints.CopyTokenizer"/>.
     /// </summary>
-    public static MergeResult Write(LoraModel lora, string outDir, MergedFormat format, string? sourceModel = null, string? llama2cTokenizer = null)
+    public static MergeResult Write(LoraModel lora, string outDir, MergedFormat format)
     {
         var model = lora.Model;
         var config = model.Config;
@@ -124,31 +121,7 @@ public static class AdapterMerge
                 ["bnb_4bit_compute_dtype"] = "float32",
                 ["bnb_4bit_quant_storage"] = "uint8",
             };
-        AtomicFiles.WriteJson(Path.Combine(outDir, "config.json"), cfg);
-        WriteTokenizer(outDir, config, sourceModel, llama2cTokenizer);
+        Checkpoints.WriteJson(Path.Combine(outDir, "config.json"), cfg);
         return new MergeResult(outDir, tensors, adapted.Count, format == MergedFormat.Nf4 ? Math.Sqrt(errSq / Math.Max(normSq, double.Epsilon)) : null);
-    }
-
-    private static void WriteTokenizer(string outDir, LlamaConfig config, string? sourceModel, string? llama2cTokenizer)
-    {
-        if (sourceModel is not null && Directory.Exists(sourceModel))
-        {
-            foreach (string f in new[] { "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json" })
-            {
-                string src = Path.Combine(sourceModel, f);
-                if (File.Exists(src) && Path.GetFullPath(src) != Path.GetFullPath(Path.Combine(outDir, f)))
-                    File.Copy(src, Path.Combine(outDir, f), overwrite: true);
-            }
-            return;
-        }
-        if (llama2cTokenizer is null) return;
-        var sp = SentencePieceModel.FromLlama2c(Llama2cTokenizerFile.Read(llama2cTokenizer, config.VocabSize), llama2cTokenizer);
-        AtomicFiles.WriteBytes(Path.Combine(outDir, "tokenizer.model"), sp.ToProtobuf());
-        AtomicFiles.WriteJson(Path.Combine(outDir, "tokenizer_config.json"), new JsonObject
-        {
-            ["tokenizer_class"] = "LlamaTokenizer", ["add_bos_token"] = true, ["add_eos_token"] = false, ["bos_token"] = "<s>",
-            ["eos_token"] = "</s>", ["unk_token"] = "<unk>", ["pad_token"] = null, ["legacy"] = true, ["model_max_length"] = config.MaxPositions,
-        });
-        AtomicFiles.WriteJson(Path.Combine(outDir, "generation_config.json"), new JsonObject { ["bos_token_id"] = 1, ["eos_token_id"] = 2 });
     }
 }

@@ -121,7 +121,7 @@ public static class PeftAdapter
     };
 
     private static void WriteConfig(string path, LoraOptions options, IReadOnlyList<string> targets, string baseModel) =>
-        QLoRA.Training.AtomicFiles.WriteJson(path, ConfigJson(options, targets, baseModel));
+        Checkpoints.WriteJson(path, ConfigJson(options, targets, baseModel));
 
     /// <summary>
     /// Reads an adapter directory (PEFT's or ours) and checks it on its own: the config's fields and types, every

@@ -353,7 +353,7 @@ public sealed class Trainer
         PeftAdapter.Save(_lora, tmp, _o.BaseModelName, ScalarType.Float32);
         optimizer.Save(Path.Combine(tmp, "optimizer.bin"));
         using (var rng = get_rng_state())
-            AtomicFiles.WriteBytes(Path.Combine(tmp, "rng.bin"), rng.data<byte>().ToArray());
+            Checkpoints.WriteBytes(Path.Combine(tmp, "rng.bin"), rng.data<byte>().ToArray());
         var state = new JsonObject
         {
             ["step"] = step,
@@ -366,7 +366,7 @@ public sealed class Trainer
             ["train_examples"] = _train.Count,
             ["initial_eval_loss"] = double.IsNaN(initialEval) ? null : initialEval,
         };
-        AtomicFiles.WriteJson(Path.Combine(tmp, "trainer_state.json"), state);
+        Checkpoints.WriteJson(Path.Combine(tmp, "trainer_state.json"), state);
         if (Directory.Exists(final)) Directory.Delete(final, true);
         Directory.Move(tmp, final);
         foreach (var old in Directory.GetDirectories(CheckpointRoot, "step-*").Order(StringComparer.Ordinal).SkipLast(_o.KeepCheckpoints))
@@ -439,6 +439,6 @@ public sealed class Trainer
             ["train_examples"] = _train.Count,
             ["eval_examples"] = _eval.Count,
         };
-        AtomicFiles.WriteJson(Path.Combine(o.OutputDirectory, "trainer_config.json"), cfg);
+        Checkpoints.WriteJson(Path.Combine(o.OutputDirectory, "trainer_config.json"), cfg);
     }
 }
