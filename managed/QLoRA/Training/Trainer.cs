@@ -311,15 +311,22 @@ public sealed class Trainer
         return tokens == 0 ? double.NaN : sum / tokens;
     }
 
-    /// <summary>Summed next-token cross-entropy over the batch's labelled positions (a scalar tensor).</summary>
+    /// <summary>
+    /// Summed next-token cross-entropy over the batch's labelled positions (a scalar tensor). The output head runs
+    /// only on the positions that have a label: with the loss on responses only, most prompt and padding positions
+    /// never get logits (the head is the largest matmul of a small-dimension, large-vocabulary model).
+    /// </summary>
     public static Tensor SummedLoss(LlamaForCausalLM model, Batch batch)
     {
         using var scope = NewDisposeScope();
-        var logits = model.call(batch.Ids);                                          // [B, T, V] fp32
-        long v = logits.shape[2], t = logits.shape[1];
-        var shifted = logits.narrow(1, 0, t - 1).reshape(-1, v);
-        var labels = batch.Labels.narrow(1, 1, t - 1).reshape(-1);
-        var loss = nn.functional.cross_entropy(shifted, labels, ignore_index: QLoRA.Data.ExampleTokenizer.IgnoreIndex, reduction: nn.Reduction.Sum);
+        var h = model.HiddenStates(batch.Ids);                                        // [B, T, D]
+        long t = h.shape[1];
+        var labels = batch.Labels.narrow(1, 1, t - 1).reshape(-1);                   // the shift: position i predicts token i + 1
+        var keep = labels.ne(QLoRA.Data.ExampleTokenizer.IgnoreIndex).nonzero().squeeze(1);
+        var states = h.narrow(1, 0, t - 1).reshape(-1, h.shape[2]).index_select(0, keep);
+        var logits = model.LmHead.call(states);                                       // [N, V]
+        if (logits.dtype != ScalarType.Float32) logits = logits.to(ScalarType.Float32);
+        var loss = nn.functional.cross_entropy(logits, labels.index_select(0, keep), reduction: nn.Reduction.Sum);
         return loss.MoveToOuterDisposeScope();
     }
 
