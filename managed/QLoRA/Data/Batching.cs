@@ -46,28 +46,33 @@ public static class Batching
     /// <summary>
     /// The batches of one epoch as lists of example indices. The order is a permutation seeded by
     /// (<paramref name="seed"/>, <paramref name="epoch"/>); with <paramref name="groupByLength"/> the permutation
-    /// is cut into mega-batches of 50 batches, each sorted by length (longest first) before it is cut into batches,
-    /// as Hugging Face's LengthGroupedSampler does: similar lengths share a batch, so less padding is computed.
+    /// is cut into mega-batches of 50 batches, each sorted by length before it is cut into batches (as Hugging
+    /// Face's LengthGroupedSampler does: similar lengths share a batch, so less padding is computed), and the
+    /// batches of a mega-batch are then taken in a seeded random order. Hugging Face runs them longest first;
+    /// that feeds the model 50 steps of steadily shorter examples, which visibly drifts a short run (its loss
+    /// climbs at the end of every mega-batch), so the order is shuffled instead.
     /// </summary>
     public static List<int[]> EpochBatches(IReadOnlyList<int> lengths, int batchSize, int seed, int epoch, bool groupByLength)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         if (lengths.Count == 0) throw new ArgumentException("no examples to batch", nameof(lengths));
-        var perm = Permutation(lengths.Count, new Random(unchecked(seed * 1000003 + epoch)));
-        if (groupByLength)
-        {
-            int mega = batchSize * 50;
-            for (int start = 0; start < perm.Length; start += mega)
-            {
-                int n = Math.Min(mega, perm.Length - start);
-                var slice = perm.AsSpan(start, n).ToArray();
-                var sorted = slice.Select((idx, pos) => (idx, pos)).OrderByDescending(t => lengths[t.idx]).ThenBy(t => t.pos).Select(t => t.idx).ToArray();
-                sorted.CopyTo(perm, start);
-            }
-        }
+        var rng = new Random(unchecked(seed * 1000003 + epoch));
+        var perm = Permutation(lengths.Count, rng);
         var batches = new List<int[]>((perm.Length + batchSize - 1) / batchSize);
-        for (int start = 0; start < perm.Length; start += batchSize)
-            batches.Add(perm.AsSpan(start, Math.Min(batchSize, perm.Length - start)).ToArray());
+        int mega = groupByLength ? batchSize * 50 : perm.Length;
+        for (int start = 0; start < perm.Length; start += mega)
+        {
+            var slice = perm.AsSpan(start, Math.Min(mega, perm.Length - start)).ToArray();
+            if (groupByLength)
+                slice = slice.Select((idx, pos) => (idx, pos)).OrderByDescending(t => lengths[t.idx]).ThenBy(t => t.pos).Select(t => t.idx).ToArray();
+            var chunk = new List<int[]>();
+            for (int b = 0; b < slice.Length; b += batchSize)
+                chunk.Add(slice.AsSpan(b, Math.Min(batchSize, slice.Length - b)).ToArray());
+            if (groupByLength)
+                foreach (int i in Permutation(chunk.Count, rng)) batches.Add(chunk[i]);
+            else
+                batches.AddRange(chunk);
+        }
         return batches;
     }
 

@@ -71,11 +71,13 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         base_layer = baseLayer;
         long r = options.Rank, inF = baseLayer.InFeatures, outF = baseLayer.OutFeatures;
         double bound = 1.0 / Math.Sqrt(inF);   // kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+5)) * sqrt(3/fan_in)
+        // On the base's device (a dense base on a GPU); native 4-bit bases live on the host here.
+        Device device = baseLayer.parameters().FirstOrDefault()?.device ?? CPU;
         using (no_grad())
         {
             var a = rand([r, inF], ScalarType.Float32, generator: generator).mul_(2 * bound).sub_(bound);
-            lora_A = new Parameter(a, requires_grad: true);
-            lora_B = new Parameter(zeros([outF, r], ScalarType.Float32), requires_grad: true);
+            lora_A = new Parameter(device.type == DeviceType.CPU ? a : a.to(device), requires_grad: true);
+            lora_B = new Parameter(zeros([outF, r], ScalarType.Float32, device: device), requires_grad: true);
         }
         RegisterComponents();
     }
