@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 
@@ -146,6 +145,4 @@ public sealed class MetricsLog : IDisposable
         _jsonl.Dispose();
         _tb.Dispose();
     }
-
-    internal static string F(double d) => d.ToString("R", CultureInfo.InvariantCulture);
 }

@@ -92,7 +92,8 @@ public sealed record TrainerOptions
         if (WarmupSteps is < 0) throw new ArgumentOutOfRangeException(nameof(WarmupSteps), WarmupSteps, "warmup steps must be >= 0");
         if (!(MaxGradNorm >= 0)) throw new ArgumentOutOfRangeException(nameof(MaxGradNorm), MaxGradNorm, "max grad norm must be >= 0");
         if (!(WeightDecay >= 0)) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "weight decay must be >= 0");
-        if (EvalEvery < 0 || SaveEvery < 0) throw new ArgumentOutOfRangeException(nameof(EvalEvery), "eval/save intervals must be >= 0");
+        if (EvalEvery < 0) throw new ArgumentOutOfRangeException(nameof(EvalEvery), EvalEvery, "the evaluation interval must be >= 0");
+        if (SaveEvery < 0) throw new ArgumentOutOfRangeException(nameof(SaveEvery), SaveEvery, "the checkpoint interval must be >= 0");
         if (KeepCheckpoints < 1) throw new ArgumentOutOfRangeException(nameof(KeepCheckpoints), KeepCheckpoints, "keep at least one checkpoint");
         if (EvalBatchSize < 1) throw new ArgumentOutOfRangeException(nameof(EvalBatchSize), EvalBatchSize, "the eval batch size must be at least 1");
         return this;
