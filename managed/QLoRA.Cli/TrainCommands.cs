@@ -47,9 +47,9 @@ internal static class TrainCommands
         var outDir = new Option<string>("--out") { Description = "output directory: adapter, checkpoints, metrics.jsonl, tensorboard/, loss.png, trainer_config.json", DefaultValueFactory = _ => "qlora-out" };
         var quant = new Option<string>("--quant") { Description = "nf4 (QLoRA: NF4 + double quant), fp4, int4, or none (LoRA on the 16/32-bit base)", DefaultValueFactory = _ => "nf4" };
         var dtype = new Option<string>("--dtype") { Description = "compute dtype: fp32 or bf16", DefaultValueFactory = _ => "fp32" };
-        var steps = new Option<int>("--steps") { Description = "optimizer steps", DefaultValueFactory = _ => 150 };
+        var steps = new Option<int>("--steps") { Description = "optimizer steps", DefaultValueFactory = _ => 200 };
         var lr = new Option<double>("--lr") { Description = "peak learning rate", DefaultValueFactory = _ => 1e-3 };
-        var schedule = new Option<string>("--lr-schedule") { Description = "constant, linear or cosine (after warmup)", DefaultValueFactory = _ => "constant" };
+        var schedule = new Option<string>("--lr-schedule") { Description = "constant (the paper's), linear or cosine (after warmup)", DefaultValueFactory = _ => "cosine" };
         var warmup = new Option<int?>("--warmup-steps") { Description = "linear warmup steps (default: 3% of --steps)" };
         var rank = new Option<int>("--rank") { Description = "LoRA rank r", DefaultValueFactory = _ => 64 };
         var alpha = new Option<double>("--alpha") { Description = "lora_alpha (scale alpha/r)", DefaultValueFactory = _ => 16 };
@@ -70,7 +70,7 @@ internal static class TrainCommands
         var pagerBudget = new Option<double?>("--pager-budget-mb") { Description = "keep optimizer states in the native pager with this RAM budget (MiB; spills to DIR/pager)" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "recompute decoder layers in backward (less activation memory)" };
         var noGroup = new Option<bool>("--no-group-by-length") { Description = "do not batch similar lengths together" };
-        var evalEvery = new Option<int>("--eval-every") { Description = "evaluate every N steps (0: before and after only)", DefaultValueFactory = _ => 0 };
+        var evalEvery = new Option<int>("--eval-every") { Description = "evaluate every N steps (0: before and after only)", DefaultValueFactory = _ => 50 };
         var saveEvery = new Option<int>("--save-every") { Description = "checkpoint every N steps", DefaultValueFactory = _ => 50 };
         var evalExamples = new Option<int>("--eval-examples") { Description = "evaluation examples", DefaultValueFactory = _ => 200 };
         var maxTrain = new Option<int>("--max-train-examples") { Description = "most training examples (0 = all)", DefaultValueFactory = _ => 20000 };
