@@ -129,13 +129,19 @@ sealed class Build
         {
             if (Directory.Exists(TestResults)) Directory.Delete(TestResults, true);
             Directory.CreateDirectory(TestResults);
-            CTest(Preset(Rid, false));
-            if (Cuda) CTest(Preset(Rid, true));
+            // Every suite runs even when an earlier one fails; the tally decides at the end.
+            void Suite(Action run)
+            {
+                try { run(); }
+                catch (BuildFailure e) { tally.Errors.Add(e.Message); }
+            }
+            Suite(() => CTest(Preset(Rid, false)));
+            if (Cuda) Suite(() => CTest(Preset(Rid, true)));
             if (Rid != CrossRid && File.Exists(Path.Combine(NativeDir(Preset(CrossRid, false)), "CTestTestfile.cmake")) && CrossToolchainPresent())
-                CTest(Preset(CrossRid, false));
+                Suite(() => CTest(Preset(CrossRid, false)));
             foreach (string project in SolutionTestProjects())
-                DotnetTest(project, ["--no-build", "-c", Configuration]);
-            ConsumerTest();
+                Suite(() => DotnetTest(project, ["--no-build", "-c", Configuration]));
+            Suite(ConsumerTest);
             tally.PrintBreakdown();
             if (tally.Failed > 0 || tally.Errors.Count > 0)
                 throw new BuildFailure($"{tally.Failed} test(s) failed" + (tally.Errors.Count > 0 ? "; " + string.Join("; ", tally.Errors) : ""),
@@ -238,6 +244,17 @@ sealed class Build
                 Directory.Delete(d, true);
         string[] props = [$"-p:QLoRAPackageVersion={PackageVersion}", $"-p:RestorePackagesPath={packagesFolder}", "-p:QLoRAConsumerRid=" + Rid];
         Run("dotnet", ["restore", project, "--force-evaluate", .. props]);
+        // Prove where our packages came from: NuGet records each package's source beside it.
+        var ours = Directory.GetFiles(packagesFolder, ".nupkg.metadata", SearchOption.AllDirectories)
+            .Where(f => Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(f))!).StartsWith("qlora", StringComparison.Ordinal)).ToList();
+        if (ours.Count < 3) throw new BuildFailure($"the consumer restored {ours.Count} QLoRA packages into {packagesFolder}, expected QLoRA, QLoRA.Native and a runtime package");
+        foreach (string meta in ours)
+        {
+            string source = System.Text.Json.JsonDocument.Parse(File.ReadAllText(meta)).RootElement.GetProperty("source").GetString() ?? "";
+            if (Path.GetFullPath(source).TrimEnd('/') != PackagesDir)
+                throw new BuildFailure($"{meta}: restored from {source}, not from {PackagesDir}");
+        }
+        Engine.Info($"consumer: {ours.Count} QLoRA packages restored from {PackagesDir} only");
         DotnetTest(project, ["--no-restore", "-c", Configuration, .. props], "QLoRA.Consumer (packages from artifacts/packages)");
     }
 

@@ -155,7 +155,8 @@ public readonly ref struct Q4PartsLease
 public sealed unsafe class Q4Tensor : IDisposable
 {
     private readonly QLoraQ4TensorSafeHandle _handle;
-    private readonly QLoraQ4Parts _parts;
+    private readonly QLoraQ4Parts? _parts; // null for device tensors
+    private volatile bool _disposed;
 
     private Q4Tensor(QLoraQ4TensorSafeHandle handle)
     {
@@ -165,10 +166,13 @@ public sealed unsafe class Q4Tensor : IDisposable
         using (HandleLease<QLoraQ4TensorHandle> lease = handle.Lease())
         {
             QLoraException.ThrowIfFailed(NativeMethods.qlora_q4_get_info(lease.Value, &info));
-            QLoraException.ThrowIfFailed(NativeMethods.qlora_q4_get_parts(lease.Value, &parts));
+            if (info.Device == QLoraConstants.DeviceHost)
+            {
+                QLoraException.ThrowIfFailed(NativeMethods.qlora_q4_get_parts(lease.Value, &parts));
+                _parts = parts;
+            }
         }
         Info = new Q4TensorInfo(info);
-        _parts = parts;
     }
 
     /// <summary>Shape, parameters and sizes.</summary>
@@ -254,7 +258,7 @@ public sealed unsafe class Q4Tensor : IDisposable
             throw new ArgumentException($"destination has {length} elements but the tensor is [{Rows}, {Cols}] = {Info.ElementCount}", "destination");
         QLoraView view = Views.Host(data, dtype, Rows, Cols);
         using HandleLease<QLoraContextHandle> ctx = context.Handle.Lease();
-        using HandleLease<QLoraQ4TensorHandle> self = _handle.Lease();
+        using HandleLease<QLoraQ4TensorHandle> self = Lease();
         QLoraException.ThrowIfFailed(NativeMethods.qlora_q4_dequantize(ctx.Value, self.Value, &view));
     }
 
@@ -382,14 +386,19 @@ public sealed unsafe class Q4Tensor : IDisposable
     }
 
     /// <summary>Frees the native tensor (deferred while a lease or a native call holds it).</summary>
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        _disposed = true;
+        _handle.Dispose();
+    }
 
     /// <inheritdoc/>
     public override string ToString() => $"Q4Tensor([{Rows}, {Cols}], {Info.Params.QuantType}, block {Info.Params.BlockSize}{(Info.Params.DoubleQuant ? ", DQ" : "")})";
 
+    // Throws once Dispose was called, even while an earlier lease still keeps the storage alive.
     private HandleLease<QLoraQ4TensorHandle> Lease()
     {
-        ObjectDisposedException.ThrowIf(_handle.IsClosed, this);
+        ObjectDisposedException.ThrowIf(_disposed, this);
         return _handle.Lease();
     }
 
@@ -402,17 +411,19 @@ public sealed unsafe class Q4Tensor : IDisposable
 
     private Q4PartsView View()
     {
+        QLoraQ4Parts parts = _parts ?? throw new NotSupportedException(
+            $"the tensor lives on CUDA device {Info.Device}; its parts can only be viewed on the host");
         bool dq = Info.Params.DoubleQuant;
         int blocks = checked((int)Info.BlockCount);
         return new Q4PartsView
         {
-            Packed = new ReadOnlySpan<byte>(_parts.Packed, checked((int)Info.PackedBytes)),
-            Code = new ReadOnlySpan<float>(_parts.Code, 16),
-            Absmax = dq ? default : new ReadOnlySpan<float>(_parts.Absmax, blocks),
-            QAbsmax = dq ? new ReadOnlySpan<byte>(_parts.Qabsmax, blocks) : default,
-            NestedAbsmax = dq ? new ReadOnlySpan<float>(_parts.NestedAbsmax, checked((int)Info.NestedBlockCount)) : default,
-            NestedCode = dq ? new ReadOnlySpan<float>(_parts.NestedCode, 256) : default,
-            NestedOffset = _parts.NestedOffset,
+            Packed = new ReadOnlySpan<byte>(parts.Packed, checked((int)Info.PackedBytes)),
+            Code = new ReadOnlySpan<float>(parts.Code, 16),
+            Absmax = dq ? default : new ReadOnlySpan<float>(parts.Absmax, blocks),
+            QAbsmax = dq ? new ReadOnlySpan<byte>(parts.Qabsmax, blocks) : default,
+            NestedAbsmax = dq ? new ReadOnlySpan<float>(parts.NestedAbsmax, checked((int)Info.NestedBlockCount)) : default,
+            NestedCode = dq ? new ReadOnlySpan<float>(parts.NestedCode, 256) : default,
+            NestedOffset = parts.NestedOffset,
         };
     }
 

@@ -131,6 +131,8 @@ public static class QLoraNativeLibrary
         {
             string origin = s_path is not null ? "QLoraNativeLibrary.Configure(path)" : PathVariable;
             string full = Path.GetFullPath(explicitPath);
+            if (!Directory.Exists(full) && !File.Exists(full))
+                throw new DllNotFoundException(Message(build, rid, $"{origin} is set to {explicitPath}, which does not exist", log));
             IEnumerable<(string, QLoraNativeBuild)> files = Directory.Exists(full)
                 ? builds.Select(b => (Path.Combine(full, FileName(BaseName(b))), b))
                 : [(full, Path.GetFileName(full).Contains("cuda", StringComparison.OrdinalIgnoreCase) ? QLoraNativeBuild.Cuda : QLoraNativeBuild.Cpu)];
@@ -143,8 +145,9 @@ public static class QLoraNativeLibrary
         foreach (string? root in new[] { AppContext.BaseDirectory, Path.GetDirectoryName(assembly.Location) })
         {
             if (string.IsNullOrEmpty(root)) continue;
-            dirs.Add(Path.Combine(root, "runtimes", rid, "native"));
-            dirs.Add(root);
+            string dir = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
+            dirs.Add(Path.Combine(dir, "runtimes", rid, "native"));
+            dirs.Add(dir);
         }
         foreach (QLoraNativeBuild b in builds)
         {

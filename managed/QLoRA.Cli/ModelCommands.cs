@@ -75,7 +75,10 @@ internal static class ModelCommands
 
     private static void Log(string line) => Console.Error.WriteLine(line);
 
-    private static void Print(JsonObject o) => Console.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
+    private static readonly JsonSerializerOptions JsonOptions =
+        new() { WriteIndented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    private static void Print(JsonObject o) => Console.WriteLine(o.ToJsonString(JsonOptions));
 
     private static double Round(double v, int digits = 4) => Math.Round(v, digits);
 
@@ -292,7 +295,8 @@ internal static class ModelCommands
         var noProbe = new Option<bool>("--no-load-probe") { Description = "skip the synthetic 1B checkpoint (writes 2.2 GB to the temp folder)" };
         var writeFixture = new Option<bool>("--write-fixture") { Description = "(re)write the in-domain fixture: stories sampled from the fp32 default model, seeds 1..40" };
         var repo = new Option<string?>("--repo") { Description = "repository root holding the fixture (default: found from the current directory)" };
-        var cmd = new Command("bench", "Benchmark report (markdown table; JSON with --json)") { suite, maxTokens, noProbe, writeFixture, repo };
+        var parts = new Option<string>("--parts") { Description = "comma-separated: perplexity, generation, load", DefaultValueFactory = _ => "perplexity,generation,load" };
+        var cmd = new Command("bench", "Benchmark report (markdown table; JSON with --json)") { suite, maxTokens, noProbe, writeFixture, repo, parts };
         cmd.SetAction(r => global::Cli.Run(r, verbose, () =>
         {
             string s = r.GetValue(suite)!;
@@ -307,8 +311,11 @@ internal static class ModelCommands
                 File.WriteAllText(fixture, text);
                 Log($"wrote {fixture} ({text.Length} characters)");
             }
-            string[]? probe = r.GetValue(noProbe) ? null : ProbeCommand();
-            var (results, md) = ModelsReport.Run(root, r.GetValue(maxTokens), probe, log: Log);
+            var p = r.GetValue(parts)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToHashSet();
+            foreach (string x in p)
+                if (x is not ("perplexity" or "generation" or "load")) throw new ArgumentException($"--parts: unknown part \"{x}\" (perplexity, generation, load)");
+            string[]? probe = r.GetValue(noProbe) || !p.Contains("load") ? null : ProbeCommand();
+            var (results, md) = ModelsReport.Run(root, r.GetValue(maxTokens), probe, log: Log, perplexity: p.Contains("perplexity"), generation: p.Contains("generation"));
             if (r.GetValue(json)) Print(new JsonObject { ["suite"] = s, ["results"] = new JsonArray(results.Select(x => (JsonNode)x.ToJson()).ToArray()) });
             else Console.WriteLine(md);
             return 0;
@@ -361,7 +368,7 @@ internal static class Inspector
         {
             var first = qa[0]!;
             Console.WriteLine($"bitsandbytes 4-bit layers: {qa.Count} ({first["quant_type"]}, block {first["blocksize"]}, double quant {first["double_quant"]}), " +
-                              $"{report["quantized_params"]} parameters, {qa.Sum(x => x!["bytes"]!.GetValue<long>()) * 8.0 / report["quantized_params"]!.GetValue<long>():F3} bits/param");
+                              $"{report["quantized_params"]} parameters, {qa.Sum(x => x!["bytes"]!.GetValue<long>()) * 8.0 / report["quantized_params"]!.GetValue<long>():F3} bits/param in the file (incl. each layer's code tables and quant state)");
         }
         if (report["params"] is JsonNode p) Console.WriteLine($"parameters: {p.GetValue<long>():N0}");
         Console.WriteLine($"bytes: {report["bytes"]!.GetValue<long>():N0} ({report["bytes"]!.GetValue<long>() / 1048576.0:F2} MiB)" +

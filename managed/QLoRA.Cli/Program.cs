@@ -63,8 +63,11 @@ internal static class Cli
 
     private static void Log(string line) => Console.Error.WriteLine(line);
 
-    private static void PrintJson(JsonObject o) =>
-        Console.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = false }));
+    // Readable JSON ("nf4+dq", not "nf4\u002Bdq"); stdout is not embedded in HTML.
+    private static readonly JsonSerializerOptions JsonOptions =
+        new() { WriteIndented = false, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    private static void PrintJson(JsonObject o) => Console.WriteLine(o.ToJsonString(JsonOptions));
 
     public static int Info(bool asJson)
     {

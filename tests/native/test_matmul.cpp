@@ -87,6 +87,7 @@ Weight make_weight(int64_t N, int64_t K, qlora_quant_type quant, int32_t bs, boo
     p.quant_type = quant;
     p.blocksize = bs;
     p.double_quant = dq ? 1 : 0;
+    p.nested_blocksize = (seed % 3 == 0) ? 64 : 256; // the nested block size varies too
     qlora_view v = view_of(w, QLORA_DTYPE_F32, N, K);
     qlora_q4_tensor_t t = nullptr;
     EXPECT_EQ(qlora_q4_quantize(ref.get(), &v, &p, &t), QLORA_OK) << qlora_last_error();
@@ -298,7 +299,9 @@ INSTANTIATE_TEST_SUITE_P(All, MatmulCases, ::testing::ValuesIn(all_cases()),
 // Shapes that cross every tile boundary of the CPU kernels (several reduction,
 // column and row blocks), on the fast (K % 32 == 0) and the generic path.
 TEST(Matmul, LargeShapesCrossAllTiles) {
-    const struct { int64_t M, N, K; } shapes[] = {{300, 290, 608}, {270, 64, 601}};
+    // M = 300: two row blocks, cols > 448 (the column block at that M);
+    // M = 20: one thread's columns > 2048 (the column block at small M).
+    const struct { int64_t M, N, K; } shapes[] = {{300, 470, 608}, {270, 64, 601}, {20, 2100, 64}};
     uint32_t seed = 77;
     for (const auto & s : shapes)
         for (qlora_matmul_op op : {QLORA_MATMUL_FORWARD, QLORA_MATMUL_BACKWARD})
@@ -408,7 +411,8 @@ TEST(MatmulErrors, BadArgumentsReturnStatusAndMessage) {
     expect_error(QLORA_ERROR_INVALID_ARGUMENT, "stride", &short_stride, &yv, w.q.get(), &p, ctx.get());
     // params
     qlora_matmul_params q = p;
-    q.op = static_cast<qlora_matmul_op>(7);
+    const int32_t bad_op = 7; // what a C or .NET caller can pass; set bytewise (no out-of-range enum in C++)
+    std::memcpy(&q.op, &bad_op, sizeof(bad_op));
     expect_error(QLORA_ERROR_INVALID_ARGUMENT, "params->op", &xv, &yv, w.q.get(), &q, ctx.get());
     q = p;
     q.alpha = std::nanf("");

@@ -13,7 +13,7 @@ internal sealed class AstReader(string headerPath, string headerText)
 
     private readonly List<TypedefDecl> _typedefs = [];
     private readonly List<RecordDecl> _records = [];
-    private readonly HashSet<string> _opaqueTags = [];
+    private readonly List<string> _opaqueTags = []; // declaration order, for deterministic messages
     private readonly List<EnumDecl> _enums = [];
     private readonly List<FunctionDecl> _functions = [];
     private string? _currentFile;
@@ -93,7 +93,7 @@ internal sealed class AstReader(string headerPath, string headerText)
                 if (name.Length == 0) throw new BindingGenException($"an anonymous struct at offset {begin} of qlora.h: give it a name");
                 if (!decl.TryGetProperty("completeDefinition", out _))
                 {
-                    _opaqueTags.Add(name);
+                    if (!_opaqueTags.Contains(name)) _opaqueTags.Add(name);
                     break;
                 }
                 var fields = new List<(string, string, string)>();

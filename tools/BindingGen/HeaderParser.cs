@@ -91,9 +91,19 @@ public static partial class HeaderParser
             Match lit = IntegerLiteral().Match(body);
             if (!lit.Success) continue;
             string digits = lit.Groups[2].Value;
-            long value = digits.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
-                ? long.Parse(digits[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture)
-                : long.Parse(digits, CultureInfo.InvariantCulture);
+            long value;
+            try
+            {
+                value = digits.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+                    ? checked((long)ulong.Parse(digits[2..], NumberStyles.HexNumber, CultureInfo.InvariantCulture))
+                    : digits.Length > 1 && digits[0] == '0'
+                        ? Convert.ToInt64(digits, 8)
+                        : long.Parse(digits, CultureInfo.InvariantCulture);
+            }
+            catch (Exception e) when (e is OverflowException or FormatException or ArgumentException)
+            {
+                throw new BindingGenException($"#define {name} {body}: not an int64 value ({e.Message})");
+            }
             if (lit.Groups[1].Value == "-") value = -value;
             int at = headerText.IndexOf("#define " + name, StringComparison.Ordinal);
             string docText = at < 0 ? "" : Comments.For(headerText, LineStart(headerText, at), LineEnd(headerText, at));

@@ -113,7 +113,12 @@ public sealed class Linear4bit : FrozenLinear
     public override long StorageBytes => Weight.Info.StorageBytes;
 
     /// <inheritdoc/>
-    public override Tensor forward(Tensor input) => Q4MatmulFunction.apply(input, Weight, Context);
+    public override Tensor forward(Tensor input) =>
+        // Without a gradient to propagate (inference, or an input that needs none: W is frozen) the kernel runs
+        // directly, skipping the autograd node's setup.
+        is_grad_enabled() && input.requires_grad
+            ? Q4MatmulFunction.apply(input, Weight, Context)
+            : Q4MatmulFunction.Run(Context, input, Weight, QLoraMatmulOp.Forward, Weight.Cols, Weight.Rows);
 
     /// <inheritdoc/>
     public override Tensor DequantizedWeight(ScalarType dtype = ScalarType.Float32)

@@ -105,16 +105,25 @@ public static class ModelsReport
     /// <param name="probeCommand">Command line that runs <see cref="RunLoadProbe"/> in a child process (executable + leading args), or null to skip the 1B load.</param>
     /// <param name="model">The model to report on (default: stories15M).</param>
     /// <param name="log">Progress lines.</param>
+    /// <param name="perplexity">Run the perplexity table.</param>
+    /// <param name="generation">Run the generation-speed table.</param>
     public static (List<BenchResult> Results, string Markdown) Run(string repoRoot, int maxTokens = 16384, string[]? probeCommand = null,
-        string model = "default", Action<string>? log = null)
+        string model = "default", Action<string>? log = null, bool perplexity = true, bool generation = true)
     {
         TorchRuntime.EnsureLoaded();
         var results = new List<BenchResult>();
+        var md = new StringBuilder();
+        if (perplexity) PerplexityTable(repoRoot, maxTokens, model, log, results, md);
+        if (generation) GenerationTable(model, log, results, md);
+        if (probeCommand is not null) LoadTable(probeCommand, log, results, md);
+        return (results, md.ToString());
+    }
+
+    private static void PerplexityTable(string repoRoot, int maxTokens, string model, Action<string>? log, List<BenchResult> results, StringBuilder md)
+    {
         string fixture = Path.Combine(repoRoot, InDomainFixture);
         if (!File.Exists(fixture)) throw new FileNotFoundException($"{fixture}: the in-domain fixture is missing (qlora bench --suite models --write-fixture makes it)");
         var texts = new (string Name, string Text)[] { ("in-domain stories (fixture)", File.ReadAllText(fixture)), ("Moby-Dick", MobyDick(log)) };
-
-        var md = new StringBuilder();
         md.AppendLine("| weights | bits/param (linear) | " + string.Join(" | ", texts.Select(t => $"ppl {t.Name}")) + " | ppl ratio vs fp32 |");
         md.AppendLine("|---|---:|" + string.Concat(texts.Select(_ => "---:|")) + "---|");
         var ppl = new Dictionary<(string, string), PerplexityResult>();
@@ -146,7 +155,10 @@ public static class ModelsReport
         md.AppendLine();
         md.AppendLine($"Perplexity over the first {maxTokens} tokens of each text ({scored} scored tokens for the first), window = the model's context ({window0}) with stride {window0 / 2} " +
                       $"(every token after the first is scored once, with at least {window0 / 2} tokens of context where the text has them).");
+    }
 
+    private static void GenerationTable(string model, Action<string>? log, List<BenchResult> results, StringBuilder md)
+    {
         // Generation speed, 4-bit vs fp32, greedy, same prompt, same run.
         md.AppendLine();
         md.AppendLine("| weights | generation tokens/s | prefill s | ratio vs fp32 |");
@@ -166,9 +178,12 @@ public static class ModelsReport
             log?.Invoke($"generate {label}: {best.TokensPerSecond:F1} tokens/s");
         }
         md.AppendLine();
-        md.AppendLine($"Greedy decoding of 200 tokens after \"Once upon a time\" with the KV cache, best of 3, batch 1, {NativeRuntime.Context.Threads} native threads, {torch.get_num_threads()} torch threads.");
+        md.AppendLine($"Greedy decoding of 200 tokens after \"Once upon a time\" with the KV cache, best of 3, batch 1, {NativeRuntime.Context.Threads} native threads, " +
+                      $"{torch.get_num_threads()} torch threads; load average {LoadAverage()} at the end.");
+    }
 
-        if (probeCommand is not null)
+    private static void LoadTable(string[] probeCommand, Action<string>? log, List<BenchResult> results, StringBuilder md)
+    {
         {
             string dir = Path.Combine(Path.GetTempPath(), "qlora-1b-" + Environment.ProcessId);
             try
@@ -196,7 +211,6 @@ public static class ModelsReport
                 if (Directory.Exists(dir)) Directory.Delete(dir, true);
             }
         }
-        return (results, md.ToString());
     }
 
     // ------------------------------------------------------------------ synthetic 1B checkpoint and the load probe
@@ -298,6 +312,9 @@ public static class ModelsReport
             ["seconds"] = seconds,
         };
     }
+
+    private static string LoadAverage() =>
+        File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "n/a";
 
     /// <summary>A /proc/self/status field in bytes (Linux).</summary>
     public static long ProcStatus(string field)

@@ -265,14 +265,13 @@ public sealed class TextTokenizer
             {
                 int sp = merges[r].IndexOf(' ', StringComparison.Ordinal);
                 if (sp <= 0) throw new InvalidDataException($"{path}: merge {r} (\"{merges[r]}\") is not \"a b\"");
-                string merged = merges[r][..sp] + merges[r][(sp + 1)..];
-                score.TryAdd(merged, -r);
+                score.TryAdd(merges[r][..sp] + merges[r][(sp + 1)..], -r);
             }
             var pieces = new SentencePiece[maxId + 1];
             foreach (var (text, id) in vocab)
             {
                 PieceType pt = Regex.IsMatch(text, "^<0x[0-9A-Fa-f]{2}>$") ? PieceType.Byte : PieceType.Normal;
-                pieces[id] = new SentencePiece(text, score.GetValueOrDefault(text, pt == PieceType.Byte ? 0 : -merges.Count), pt);
+                pieces[id] = new SentencePiece(text, score.GetValueOrDefault(text, pt == PieceType.Byte ? 0 : -merges.Count - id), pt);
             }
             foreach (var (text, id) in added)
                 pieces[id] = new SentencePiece(text, 0, text == (TokenText(model["unk_token"]) ?? "<unk>") ? PieceType.Unknown : PieceType.Control);

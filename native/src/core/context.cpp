@@ -33,20 +33,23 @@ QLORA_API qlora_status qlora_context_create(const qlora_context_params * params,
         QLORA_CHECK_NOT_NULL(out);
         using namespace qlora;
         const qlora_cpu_isa have = detect_cpu_isa();
-        qlora_cpu_isa isa = params->max_isa;
-        switch (isa) {
-            case QLORA_ISA_BEST: isa = have; break;
+        const int32_t isa_raw = raw_enum(params->max_isa);
+        qlora_cpu_isa isa = have;
+        switch (isa_raw) {
+            case QLORA_ISA_BEST: break;
             case QLORA_ISA_SCALAR: case QLORA_ISA_AVX2: case QLORA_ISA_AVX512: case QLORA_ISA_AVX512_BF16:
+                isa = static_cast<qlora_cpu_isa>(isa_raw);
                 if (isa > have)
                     fail(QLORA_ERROR_UNSUPPORTED, "ISA %s requested but this CPU supports at most %s",
                          cpu_isa_name(isa), cpu_isa_name(have));
                 break;
-            default: fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown max_isa value %d", static_cast<int>(isa));
+            default: fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown max_isa value %d", isa_raw);
         }
         QLORA_CHECK_ARG(params->n_threads >= 0 && params->n_threads <= 1024,
                         "n_threads must be in [0, 1024], got %d", params->n_threads);
         auto ctx = std::make_unique<qlora_context>();
-        switch (params->backend) {
+        const int32_t backend = raw_enum(params->backend);
+        switch (backend) {
             case QLORA_BACKEND_AUTO:
             case QLORA_BACKEND_CPU:
                 ctx->backend = QLORA_BACKEND_CPU;
@@ -65,7 +68,7 @@ QLORA_API qlora_status qlora_context_create(const qlora_context_params * params,
 #else
                 fail(QLORA_ERROR_UNSUPPORTED, "the CUDA backend is not part of this build (configure with -DQLORA_CUDA=ON)");
 #endif
-            default: fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backend value %d", static_cast<int>(params->backend));
+            default: fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backend value %d", backend);
         }
         const int n = params->n_threads == 0 ? hardware_threads() : params->n_threads;
         ctx->pool = std::make_unique<ThreadPool>(ctx->backend == QLORA_BACKEND_REF ? 1 : n);

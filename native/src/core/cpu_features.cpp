@@ -1,4 +1,5 @@
 #include "core/cpu_features.hpp"
+#include "core/error.hpp"
 
 #include <thread>
 
@@ -52,7 +53,7 @@ qlora_cpu_isa detect_cpu_isa() {
 }
 
 const char * cpu_isa_name(qlora_cpu_isa isa) {
-    switch (isa) {
+    switch (raw_enum(isa)) {
         case QLORA_ISA_SCALAR: return "scalar";
         case QLORA_ISA_AVX2: return "avx2";
         case QLORA_ISA_AVX512: return "avx512";

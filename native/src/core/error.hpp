@@ -4,7 +4,9 @@
 
 #include "qlora.h"
 
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <type_traits>
@@ -41,6 +43,18 @@ std::string format(const char * fmt, Args... args) {
 template <typename... Args>
 [[noreturn]] void fail(qlora_status status, const char * fmt, Args... args) {
     throw Error(status, format(fmt, args...));
+}
+
+// The integer stored in a C enum that came through the ABI. Callers (C, C#)
+// may pass any int, and reading an out-of-range value as the C++ enum type is
+// undefined behaviour (UBSan: "load of value N, which is not a valid value"),
+// so exported functions copy the bytes and validate the int instead.
+template <typename E>
+int32_t raw_enum(const E & e) {
+    static_assert(sizeof(E) == sizeof(int32_t), "C enums crossing the ABI are 32-bit");
+    int32_t v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
 }
 
 void set_last_error(const std::string & message);

@@ -15,7 +15,7 @@ void clear_last_error() { t_last_error.clear(); }
 extern "C" {
 
 QLORA_API const char * qlora_status_string(qlora_status status) {
-    switch (status) {
+    switch (qlora::raw_enum(status)) {
         case QLORA_OK: return "QLORA_OK";
         case QLORA_ERROR_INVALID_ARGUMENT: return "QLORA_ERROR_INVALID_ARGUMENT";
         case QLORA_ERROR_OUT_OF_MEMORY: return "QLORA_ERROR_OUT_OF_MEMORY";
@@ -36,7 +36,7 @@ QLORA_API const char * qlora_version(void) { return QLORA_VERSION_STRING; }
 QLORA_API int32_t qlora_abi_version(void) { return QLORA_ABI_VERSION; }
 
 QLORA_API size_t qlora_dtype_size(qlora_dtype dtype) {
-    switch (dtype) {
+    switch (qlora::raw_enum(dtype)) {
         case QLORA_DTYPE_F32: return 4;
         case QLORA_DTYPE_F16: return 2;
         case QLORA_DTYPE_BF16: return 2;

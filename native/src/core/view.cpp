@@ -4,7 +4,9 @@
 
 namespace qlora {
 
-const char * dtype_name(qlora_dtype dtype) {
+const char * dtype_name(qlora_dtype dtype) { return dtype_name_raw(raw_enum(dtype)); }
+
+const char * dtype_name_raw(int32_t dtype) {
     switch (dtype) {
         case QLORA_DTYPE_F32: return "F32";
         case QLORA_DTYPE_F16: return "F16";
@@ -28,15 +30,16 @@ const char * dtype_name(qlora_dtype dtype) {
 ViewInfo check_view(const qlora_view * v, const char * name, std::initializer_list<qlora_dtype> allowed,
                     bool allow_device) {
     QLORA_CHECK_ARG(v != nullptr, "%s must not be NULL", name);
+    const int32_t dtype = raw_enum(v->dtype);
     bool ok = false;
     std::string names;
     for (auto d : allowed) {
-        ok = ok || d == v->dtype;
+        ok = ok || d == dtype;
         if (!names.empty()) names += ", ";
         names += dtype_name(d);
     }
-    QLORA_CHECK_ARG(ok, "%s has dtype %s (%d); expected one of %s", name, dtype_name(v->dtype),
-                    static_cast<int>(v->dtype), names.c_str());
+    QLORA_CHECK_ARG(ok, "%s has dtype %s (%d); expected one of %s", name, dtype_name_raw(dtype), dtype,
+                    names.c_str());
     QLORA_CHECK_ARG(v->data != nullptr, "%s.data must not be NULL", name);
     QLORA_CHECK_ARG(v->rows >= 1 && v->cols >= 1, "%s has shape [%lld, %lld]; both dimensions must be >= 1", name,
                     static_cast<long long>(v->rows), static_cast<long long>(v->cols));

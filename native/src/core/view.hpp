@@ -20,6 +20,7 @@ struct ViewInfo {
 };
 
 const char * dtype_name(qlora_dtype dtype);
+const char * dtype_name_raw(int32_t dtype); // "unknown" outside the enum
 
 // Checks a view: non-NULL view and data, dtype among `allowed`, rows/cols >= 1,
 // stride 0 or >= cols, and (unless allow_device) host memory. `name` is used

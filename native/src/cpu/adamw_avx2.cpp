@@ -14,29 +14,30 @@ using optim::kBlock;
 
 namespace {
 
-// quantize_dynamic of 8 values (see adamw_avx512.cpp).
-inline __m256i quantize8(const float * code, __m256 x) {
-    __m256i piv = _mm256_set1_epi32(127);
-    __m256 val = _mm256_set1_ps(code[127]);
-    for (int step = 64; step > 0; step >>= 1) {
-        const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(x, val, _CMP_GT_OQ));
-        const __m256i s = _mm256_set1_epi32(step);
-        // gt ? piv + step : piv - step  ==  piv - step + (gt & 2 step)
-        piv = _mm256_add_epi32(_mm256_sub_epi32(piv, s), _mm256_and_si256(gt, _mm256_add_epi32(s, s)));
-        val = _mm256_i32gather_ps(code, piv, 4);
+// quantize_dynamic of 8 values (optim::SearchTables has the derivation):
+// levels 0..4 with register permutes, levels 5, 6 and the midpoints with gathers.
+inline __m256i quantize8(const optim::SearchTables & t, __m256 x) {
+    auto descend = [&](__m256i j, __m256 val) {
+        const __m256i right = _mm256_castps_si256(_mm256_cmp_ps(x, val, _CMP_GT_OQ));
+        return _mm256_sub_epi32(_mm256_add_epi32(j, j), right); // right is 0 or -1
+    };
+    const __m256 top = _mm256_load_ps(t.level); // levels 0..2: 7 values
+    __m256i j = _mm256_setzero_si256();
+    for (int L = 0; L < 3; ++L)
+        j = descend(j, _mm256_permutevar8x32_ps(top, _mm256_add_epi32(j, _mm256_set1_epi32((1 << L) - 1))));
+    j = descend(j, _mm256_permutevar8x32_ps(_mm256_loadu_ps(t.level + 7), j));
+    {
+        const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t.level + 15), j);
+        const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(t.level + 23), j);
+        const __m256 b3 = _mm256_castsi256_ps(_mm256_slli_epi32(j, 28)); // bit 3 -> sign bit
+        j = descend(j, _mm256_blendv_ps(lo, hi, b3));
     }
-    const __m256i one = _mm256_set1_epi32(1);
-    const __m256 gtf = _mm256_cmp_ps(x, val, _CMP_GT_OQ);
-    const __m256i up = _mm256_add_epi32(piv, one);
-    const __m256i down = _mm256_max_epi32(_mm256_sub_epi32(piv, one), _mm256_setzero_si256());
-    const __m256i nb = _mm256_castps_si256(
-        _mm256_blendv_ps(_mm256_castsi256_ps(down), _mm256_castsi256_ps(up), gtf));
-    const __m256 nval = _mm256_i32gather_ps(code, nb, 4);
-    const __m256 mid = _mm256_mul_ps(_mm256_add_ps(nval, val), _mm256_set1_ps(0.5f));
-    const __m256 take_up = _mm256_and_ps(gtf, _mm256_cmp_ps(x, mid, _CMP_GT_OQ));
-    const __m256 take_down = _mm256_andnot_ps(gtf, _mm256_cmp_ps(x, mid, _CMP_LT_OQ));
-    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(piv), _mm256_castsi256_ps(nb),
-                                                _mm256_or_ps(take_up, take_down)));
+    j = descend(j, _mm256_i32gather_ps(t.level + 31, j, 4));
+    j = descend(j, _mm256_i32gather_ps(t.level + 63, j, 4));
+    const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(x, _mm256_i32gather_ps(t.up, j, 4), _CMP_GT_OQ));
+    const __m256i down = _mm256_castps_si256(_mm256_cmp_ps(x, _mm256_i32gather_ps(t.down, j, 4), _CMP_LT_OQ));
+    // 2j + [x > up] - [x < down]  (masks are -1 when true)
+    return _mm256_add_epi32(_mm256_sub_epi32(_mm256_add_epi32(j, j), up), down);
 }
 
 inline __m256i load8_u8(const uint8_t * p) {
@@ -94,6 +95,8 @@ void adamw32_avx2(const optim::StepConsts & c, float * p, const float * g, int64
 void adamw8_avx2(const optim::StepConsts & c, float * p, const float * g, int64_t n, uint8_t * state) {
     const float * code1 = optim::signed_state_map();
     const float * code2 = optim::unsigned_dynamic_map();
+    const optim::SearchTables & t1 = optim::search_tables(0);
+    const optim::SearchTables & t2 = optim::search_tables(1);
     const __m256 b1 = _mm256_set1_ps(c.beta1), b2 = _mm256_set1_ps(c.beta2);
     const __m256 omb1 = _mm256_set1_ps(c.omb1), omb2 = _mm256_set1_ps(c.omb2);
     const __m256 ss = _mm256_set1_ps(c.step_size), epsc2 = _mm256_set1_ps(c.eps_c2);
@@ -151,7 +154,7 @@ void adamw8_avx2(const optim::StepConsts & c, float * p, const float * g, int64_
         j = 0;
         for (; j + 8 <= cnt; j += 8) {
             const __m256 x1 = _mm256_load_ps(s1 + j);
-            __m256i c1 = quantize8(code1, _mm256_mul_ps(x1, r1));
+            __m256i c1 = quantize8(t1, _mm256_mul_ps(x1, r1));
             const __m256i code_neg = _mm256_cmpgt_epi32(c127, c1);
             const __m256i s_neg = _mm256_srai_epi32(_mm256_castps_si256(x1), 31);
             const __m256i fix = _mm256_xor_si256(code_neg, s_neg);
@@ -159,7 +162,7 @@ void adamw8_avx2(const optim::StepConsts & c, float * p, const float * g, int64_
             // fix & pos: +1; fix & !pos: -1.
             const __m256i delta = _mm256_or_si256(_mm256_and_si256(pos, one), _mm256_andnot_si256(pos, _mm256_set1_epi32(-1)));
             c1 = _mm256_add_epi32(c1, _mm256_and_si256(fix, delta));
-            const __m256i c2 = quantize8(code2, _mm256_mul_ps(_mm256_load_ps(s2 + j), r2));
+            const __m256i c2 = quantize8(t2, _mm256_mul_ps(_mm256_load_ps(s2 + j), r2));
             store8_u8(qm + j, c1);
             store8_u8(qv + j, c2);
         }
@@ -173,6 +176,14 @@ void adamw8_avx2(const optim::StepConsts & c, float * p, const float * g, int64_
         absmax[1] = max2;
         std::memcpy(qm + 2 * kBlock, absmax, sizeof(absmax));
     }
+}
+
+void quantize_map_avx2(int map, const float * x, int64_t n, uint8_t * q) {
+    const optim::SearchTables & t = optim::search_tables(map);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) store8_u8(q + i, quantize8(t, _mm256_loadu_ps(x + i)));
+    const float * code = map == 0 ? optim::signed_state_map() : optim::unsigned_dynamic_map();
+    for (; i < n; ++i) q[i] = quantize_dynamic(code, x[i]);
 }
 
 double sumsq_avx2(const float * g, int64_t n) {

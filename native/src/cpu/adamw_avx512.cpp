@@ -23,28 +23,58 @@ inline __mmask16 tail_mask(int64_t left) {
     return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
-// quantize_dynamic (bitsandbytes' dQuantize) of 16 values at once: the same
-// binary search over the odd entries (from 127, steps 64..1), then the same
-// fp32 midpoint test against the neighbour on the side of x.
-inline __m512i quantize16(const float * code, __m512 x) {
-    __m512i piv = _mm512_set1_epi32(127);
-    __m512 val = _mm512_set1_ps(code[127]);
-    for (int step = 64; step > 0; step >>= 1) {
-        const __mmask16 gt = _mm512_cmp_ps_mask(x, val, _CMP_GT_OQ);
-        const __m512i s = _mm512_set1_epi32(step);
-        piv = _mm512_mask_add_epi32(_mm512_sub_epi32(piv, s), gt, piv, s);
-        val = _mm512_i32gather_ps(piv, code, 4);
-    }
+// 32-entry table lookup: t[idx & 31] (t[0..15] in a, t[16..31] in b).
+inline __m512 lookup32(const float * t, __m512i idx) {
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(t), idx, _mm512_loadu_ps(t + 16));
+}
+
+// t[idx & 127].
+inline __m512 lookup128(const float * t, __m512i idx) {
+    const __mmask16 b5 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32));
+    const __mmask16 b6 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(64));
+    const __m512 lo = _mm512_mask_blend_ps(b5, lookup32(t, idx), lookup32(t + 32, idx));
+    const __m512 hi = _mm512_mask_blend_ps(b5, lookup32(t + 64, idx), lookup32(t + 96, idx));
+    return _mm512_mask_blend_ps(b6, lo, hi);
+}
+
+// t[idx] for idx in [0, 256).
+inline __m512 lookup256(const float * t, __m512i idx) {
+    const __mmask16 b7 = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(128));
+    return _mm512_mask_blend_ps(b7, lookup128(t, idx), lookup128(t + 128, idx));
+}
+
+// quantize_dynamic (bitsandbytes' dQuantize) of 16 values, with register
+// permutes instead of gathers (optim::SearchTables has the derivation).
+inline __m512i quantize16(const optim::SearchTables & t, __m512 x) {
     const __m512i one = _mm512_set1_epi32(1);
-    const __mmask16 gt = _mm512_cmp_ps_mask(x, val, _CMP_GT_OQ);
-    const __m512i up = _mm512_add_epi32(piv, one);
-    const __m512i down = _mm512_max_epi32(_mm512_sub_epi32(piv, one), _mm512_setzero_si512());
-    const __m512i nb = _mm512_mask_blend_epi32(gt, down, up);
-    const __m512 nval = _mm512_i32gather_ps(nb, code, 4);
-    const __m512 mid = _mm512_mul_ps(_mm512_add_ps(nval, val), _mm512_set1_ps(0.5f));
-    const __mmask16 take_up = gt & _mm512_cmp_ps_mask(x, mid, _CMP_GT_OQ);
-    const __mmask16 take_down = static_cast<__mmask16>(~gt) & _mm512_cmp_ps_mask(x, mid, _CMP_LT_OQ);
-    return _mm512_mask_mov_epi32(piv, take_up | take_down, nb);
+    const __m512 top = _mm512_load_ps(t.level); // levels 0..3: 15 values
+    __m512i j = _mm512_setzero_si512();
+    for (int L = 0; L < 4; ++L) {
+        const __m512 val = _mm512_permutexvar_ps(_mm512_add_epi32(j, _mm512_set1_epi32((1 << L) - 1)), top);
+        const __mmask16 right = _mm512_cmp_ps_mask(x, val, _CMP_GT_OQ);
+        j = _mm512_mask_add_epi32(_mm512_add_epi32(j, j), right, _mm512_add_epi32(j, j), one);
+    }
+    {   // level 4: 16 values
+        const __m512 val = _mm512_permutexvar_ps(j, _mm512_loadu_ps(t.level + 15));
+        const __mmask16 right = _mm512_cmp_ps_mask(x, val, _CMP_GT_OQ);
+        j = _mm512_mask_add_epi32(_mm512_add_epi32(j, j), right, _mm512_add_epi32(j, j), one);
+    }
+    {   // level 5: 32 values
+        const __m512 val = lookup32(t.level + 31, j);
+        const __mmask16 right = _mm512_cmp_ps_mask(x, val, _CMP_GT_OQ);
+        j = _mm512_mask_add_epi32(_mm512_add_epi32(j, j), right, _mm512_add_epi32(j, j), one);
+    }
+    {   // level 6: 64 values
+        const __mmask16 b5 = _mm512_test_epi32_mask(j, _mm512_set1_epi32(32));
+        const __m512 val = _mm512_mask_blend_ps(b5, lookup32(t.level + 63, j), lookup32(t.level + 95, j));
+        const __mmask16 right = _mm512_cmp_ps_mask(x, val, _CMP_GT_OQ);
+        j = _mm512_mask_add_epi32(_mm512_add_epi32(j, j), right, _mm512_add_epi32(j, j), one);
+    }
+    const __mmask16 up = _mm512_cmp_ps_mask(x, lookup128(t.up, j), _CMP_GT_OQ);
+    const __mmask16 down = _mm512_cmp_ps_mask(x, lookup128(t.down, j), _CMP_LT_OQ);
+    __m512i q = _mm512_add_epi32(j, j);
+    q = _mm512_mask_add_epi32(q, up, q, one);
+    return _mm512_mask_sub_epi32(q, down, q, one);
 }
 
 } // namespace
@@ -77,6 +107,8 @@ void adamw32_avx512(const optim::StepConsts & c, float * p, const float * g, int
 void adamw8_avx512(const optim::StepConsts & c, float * p, const float * g, int64_t n, uint8_t * state) {
     const float * code1 = optim::signed_state_map();
     const float * code2 = optim::unsigned_dynamic_map();
+    const optim::SearchTables & t1 = optim::search_tables(0);
+    const optim::SearchTables & t2 = optim::search_tables(1);
     const __m512 b1 = _mm512_set1_ps(c.beta1), b2 = _mm512_set1_ps(c.beta2);
     const __m512 omb1 = _mm512_set1_ps(c.omb1), omb2 = _mm512_set1_ps(c.omb2);
     const __m512 ss = _mm512_set1_ps(c.step_size), epsc2 = _mm512_set1_ps(c.eps_c2);
@@ -96,9 +128,9 @@ void adamw8_avx512(const optim::StepConsts & c, float * p, const float * g, int6
             const __m512i i1 = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, qm + j));
             const __m512i i2 = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, qv + j));
             const __m512 gj = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + e0 + j), gs);
-            __m512 vj = _mm512_mul_ps(_mm512_i32gather_ps(i2, code2, 4), a2);
+            __m512 vj = _mm512_mul_ps(lookup256(code2, i2), a2);
             vj = _mm512_add_ps(_mm512_mul_ps(vj, b2), _mm512_mul_ps(omb2, _mm512_mul_ps(gj, gj)));
-            __m512 mj = _mm512_mul_ps(_mm512_i32gather_ps(i1, code1, 4), a1);
+            __m512 mj = _mm512_mul_ps(lookup256(code1, i1), a1);
             mj = _mm512_add_ps(_mm512_mul_ps(mj, b1), _mm512_mul_ps(omb1, gj));
             max1 = _mm512_mask_max_ps(max1, k, max1, _mm512_and_ps(mj, abs_mask));
             max2 = _mm512_mask_max_ps(max2, k, max2, _mm512_and_ps(vj, abs_mask));
@@ -116,7 +148,7 @@ void adamw8_avx512(const optim::StepConsts & c, float * p, const float * g, int6
         for (int64_t j = 0; j < cnt; j += 16) {
             const __mmask16 k = tail_mask(cnt - j);
             const __m512 x1 = _mm512_load_ps(s1 + j);
-            __m512i c1 = quantize16(code1, _mm512_mul_ps(x1, r1));
+            __m512i c1 = quantize16(t1, _mm512_mul_ps(x1, r1));
             // Sign fix: code1[c] is negative exactly for c < 127 (code1[127] = +0).
             const __mmask16 code_neg = _mm512_cmplt_epi32_mask(c1, c127);
             const __mmask16 s_neg = _mm512_movepi32_mask(_mm512_castps_si512(x1));
@@ -124,13 +156,21 @@ void adamw8_avx512(const optim::StepConsts & c, float * p, const float * g, int6
             const __mmask16 pos = _mm512_cmp_ps_mask(x1, _mm512_setzero_ps(), _CMP_GT_OQ);
             c1 = _mm512_mask_add_epi32(c1, fix & pos, c1, one);
             c1 = _mm512_mask_sub_epi32(c1, fix & static_cast<__mmask16>(~pos), c1, one);
-            const __m512i c2 = quantize16(code2, _mm512_mul_ps(_mm512_load_ps(s2 + j), r2));
+            const __m512i c2 = quantize16(t2, _mm512_mul_ps(_mm512_load_ps(s2 + j), r2));
             _mm_mask_storeu_epi8(qm + j, k, _mm512_cvtepi32_epi8(c1));
             _mm_mask_storeu_epi8(qv + j, k, _mm512_cvtepi32_epi8(c2));
         }
         absmax[0] = m1;
         absmax[1] = m2;
         std::memcpy(qm + 2 * kBlock, absmax, sizeof(absmax));
+    }
+}
+
+void quantize_map_avx512(int map, const float * x, int64_t n, uint8_t * q) {
+    const optim::SearchTables & t = optim::search_tables(map);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        _mm_mask_storeu_epi8(q + i, k, _mm512_cvtepi32_epi8(quantize16(t, _mm512_maskz_loadu_ps(k, x + i))));
     }
 }
 

@@ -2,12 +2,13 @@
 // and bf16 tiles with vdpbf16ps (BF16 x on AVX512-BF16 CPUs). The driver is
 // matmul_impl.hpp; this file has the decoders, packers and micro-kernels.
 //
-// Decoding 32 elements (16 bytes, one block, fp32 scale s): the bytes widen to
-// 16 dwords; >> 4 gives the even elements' codes, the low nibble (vpermps
-// ignores the upper index bits) the odd ones; vpermps looks both up in the
-// 16-entry code table held in a register, and a multiply by s gives exactly the
-// dequantized fp32 values. Even elements land in one vector and odd ones in
-// the other, hence perm(p) below.
+// Decoding 32 elements of a row (16 bytes, one block, fp32 scale s): the bytes
+// widen to 16 dwords; >> 4 gives the even elements' codes, the byte itself the
+// odd ones (vpermps reads only the low 4 index bits); vpermps looks both up in
+// the 16-entry code table multiplied by s once, which yields exactly the
+// dequantized fp32 values code[q] * s. Even elements land in one vector and
+// odd ones in the other, hence perm(p) below. Forward GEMM panels (lanes = rows
+// of W) decode a transposed view instead: see decode_rows_transposed.
 #define QLORA_MM_NS avx512
 #include "cpu/matmul_impl.hpp"
 #include "cpu/matmul_cpu.hpp"
@@ -24,13 +25,6 @@ namespace {
 
 // Position p of a 32-chunk holds element perm(p): evens, then odds.
 inline int perm32(int p) { return p < 16 ? 2 * p : 2 * (p - 16) + 1; }
-
-inline void decode32(const uint8_t * packed, int64_t g, __m512 code, float scale, __m512 & H, __m512 & L) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(packed + (g >> 1))));
-    const __m512 s = _mm512_set1_ps(scale);
-    H = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), code), s);
-    L = _mm512_mul_ps(_mm512_permutexvar_ps(v, code), s);
-}
 
 // In-register 16x16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i.
 inline void transpose16(__m512 r[16]) {
@@ -59,57 +53,99 @@ inline void transpose16(__m512 r[16]) {
     }
 }
 
-// Transposes a 16x16 tile of 32-bit values (row stride 16) into dst rows
-// (stride dst_stride floats).
-inline void transpose_store(const float * tile, float * dst, int64_t dst_stride) {
-    __m512 r[16];
-    for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(tile + 16 * i);
-    transpose16(r);
-    for (int j = 0; j < 16; ++j) _mm512_store_ps(dst + j * dst_stride, r[j]);
-}
-
-// 32 activations at x[i..i+32) as fp32.
-inline void load32(const void * x, qlora_dtype dtype, int64_t i, __m512 & v0, __m512 & v1) {
-    if (dtype == QLORA_DTYPE_F32) {
-        const float * p = static_cast<const float *>(x) + i;
-        v0 = _mm512_loadu_ps(p);
-        v1 = _mm512_loadu_ps(p + 16);
+// ---------------------------------------------------------------------------
+// Chunk scales, vectorized: out[c] = scale of the 32-element chunk at
+// g0 + 32 c, c < count <= kSegChunks (g0 % 32 == 0). Block scales are decoded
+// 16 at a time (qabsmax bytes widened, the 8-bit map looked up with a gather,
+// the nested absmax - at most two values among 16 consecutive blocks, as the
+// nested block is >= 32 - blended in, then mul and add as block_scale does),
+// then spread over the chunks with vpermps. The scalar version costs ~15
+// cycles per block here (a chain of dependent loads per block).
+inline void chunk_scales16(const WView & w, int64_t g0, int count, float * out) {
+    const int sh = w.log2b - 5; // chunks per block = 2^sh
+    const int64_t c0 = g0 >> 5, b0 = c0 >> sh;
+    const int nblk = static_cast<int>(((c0 + count - 1) >> sh) - b0 + 1);
+    alignas(64) float bs[kSegChunks + 16];
+    const float * src; // block scales from block b0 on
+    if (!w.dq) {
+        src = w.absmax + b0;
     } else {
-        const uint16_t * p = static_cast<const uint16_t *>(x) + i;
-        const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
-        const __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + 16)));
-        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
-        v1 = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+        for (int j = 0; j < nblk; j += 16) {
+            const int n = std::min(16, nblk - j);
+            const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+            const int64_t b = b0 + j;
+            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.qabsmax + b));
+            const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.nested_code, 4);
+            const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
+            __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
+            if (nhi != nlo) { // lanes from the first block of the next nested block on
+                const int split = static_cast<int>((nhi << w.log2nb) - b);
+                na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
+                                          _mm512_set1_ps(w.nested_absmax[nhi]));
+            }
+            _mm512_store_ps(bs + j, _mm512_add_ps(_mm512_mul_ps(code, na), _mm512_set1_ps(w.offset)));
+        }
+        src = bs;
+    }
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int c = 0; c < count; c += 16) {
+        const int64_t cc = c0 + c;
+        const int first = static_cast<int>((cc >> sh) - b0); // block of chunk c, relative to b0
+        const int phase = static_cast<int>(cc & ((int64_t{1} << sh) - 1));
+        const __m512i idx = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(phase), iota), static_cast<unsigned>(sh));
+        const int avail = std::min(16, nblk - first); // block scales readable from src + first
+        const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << avail) - 1u), src + first);
+        _mm512_store_ps(out + c, _mm512_permutexvar_ps(idx, v));
     }
 }
 
-inline __m512i idx_evens() {
-    return _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-}
-inline __m512i idx_odds() { return _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31); }
-
 // ---------------------------------------------------------------------------
 // Matvec (M <= 8), fast mode. x is fp32, permuted like the decoder's output.
+// W rows stream once: NR rows at a time, each chunk decoded in registers and
+// scaled by its block's scale (precomputed per segment of kSegChunks chunks).
+
+constexpr int kPrefetchBytes = 2048; // per row stream, ahead of the chunk being decoded
+
+inline void decode32_codes(const uint8_t * p, __m512 code, __m512 & H, __m512 & L) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+    H = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), code);
+    L = _mm512_permutexvar_ps(v, code);
+}
 
 template <int MR, int NR>
-void mv_fwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n) {
-    const int64_t K = a.K, chunks = K / 32;
+void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n) {
+    const WView w = win; // a local copy: its fields stay in registers
+    const int64_t K = a.K, nch = K / 32;
     const __m512 code = _mm512_loadu_ps(w.code);
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K) >> 1);
+    alignas(64) float sc[NR][kSegChunks];
     __m512 accH[MR][NR], accL[MR][NR];
     for (int m = 0; m < MR; ++m)
         for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < chunks; ++c) {
-#pragma GCC unroll 4
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
         for (int i = 0; i < NR; ++i) {
-            const int64_t g = (n + i) * K + 32 * c;
-            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
-            __m512 H, L;
-            decode32(w.packed, g, code, w.scale(g >> w.log2b), H, L);
+            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales16(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        }
+        const float * xs = xf + 32 * s0;
+        for (int c = 0; c < cn; ++c) {
+            if ((c & 3) == 0)
+                for (int i = 0; i < NR; ++i)
+                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; ++i) {
+                // the table scaled once: vpermps then picks exactly code[q] * s
+                const __m512 table = _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c]));
+                __m512 H, L;
+                decode32_codes(rowp[i] + 16 * (s0 + c), table, H, L);
 #pragma GCC unroll 8
-            for (int m = 0; m < MR; ++m) {
-                const float * x = xf + m * K + 32 * c;
-                accH[m][i] = _mm512_fmadd_ps(H, _mm512_load_ps(x), accH[m][i]);
-                accL[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), accL[m][i]);
+                for (int m = 0; m < MR; ++m) {
+                    const float * x = xs + m * K + 32 * c;
+                    accH[m][i] = _mm512_fmadd_ps(H, _mm512_load_ps(x), accH[m][i]);
+                    accL[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), accL[m][i]);
+                }
             }
         }
     }
@@ -141,28 +177,40 @@ void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, in
 // Backward: acc[m][p] over cols [k0, k1) (lanes permuted per 32-chunk), rows of
 // W streamed NR at a time; every element is one FMA chain in row order.
 template <int MR, int NR>
-void mv_bwd_rows(const MatmulArgs & a, const WView & w, const float * xf, int64_t n, int64_t k0, int64_t kv,
+void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n, int64_t k0, int64_t kv,
                  float * acc) {
+    const WView w = win;
+    const int64_t K = a.K, N = a.N, nch = kv / 32;
     const __m512 code = _mm512_loadu_ps(w.code);
-    for (int64_t c = 0; c < kv; c += 32) {
-        __m512 H[NR], L[NR];
-#pragma GCC unroll 4
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K + k0) >> 1);
+    alignas(64) float sc[NR][kSegChunks];
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
         for (int i = 0; i < NR; ++i) {
-            const int64_t g = (n + i) * a.K + k0 + c;
-            _mm_prefetch(reinterpret_cast<const char *>(w.packed + (g >> 1)) + 1024, _MM_HINT_T0);
-            decode32(w.packed, g, code, w.scale(g >> w.log2b), H[i], L[i]);
+            prefetch_scale(w, (n + i) * K + k0 + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales16(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
         }
+        for (int c = 0; c < cn; ++c) {
+            if ((c & 3) == 0)
+                for (int i = 0; i < NR; ++i)
+                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+            __m512 H[NR], L[NR];
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; ++i) // scaled table: vpermps picks exactly code[q] * s
+                decode32_codes(rowp[i] + 16 * (s0 + c), _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c])), H[i], L[i]);
 #pragma GCC unroll 8
-        for (int m = 0; m < MR; ++m) {
-            float * p = acc + m * kv + c;
-            __m512 h = _mm512_load_ps(p), l = _mm512_load_ps(p + 16);
-            for (int i = 0; i < NR; ++i) {
-                const __m512 xv = _mm512_set1_ps(xf[m * a.N + n + i]);
-                h = _mm512_fmadd_ps(H[i], xv, h);
-                l = _mm512_fmadd_ps(L[i], xv, l);
+            for (int m = 0; m < MR; ++m) {
+                float * p = acc + m * kv + 32 * (s0 + c);
+                __m512 h = _mm512_load_ps(p), l = _mm512_load_ps(p + 16);
+                for (int i = 0; i < NR; ++i) {
+                    const __m512 xv = _mm512_set1_ps(xf[m * N + n + i]);
+                    h = _mm512_fmadd_ps(H[i], xv, h);
+                    l = _mm512_fmadd_ps(L[i], xv, l);
+                }
+                _mm512_store_ps(p, h);
+                _mm512_store_ps(p + 16, l);
             }
-            _mm512_store_ps(p, h);
-            _mm512_store_ps(p + 16, l);
         }
     }
 }
@@ -192,66 +240,114 @@ void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, in
 }
 
 // ---------------------------------------------------------------------------
+// Forward panels, W^T: lanes are 16 rows of W, so the decoder works on a
+// transposed view. 64 bytes (128 elements) of each of the 16 rows are loaded
+// and transposed as 16x16 dwords; dword j of a row then holds its elements
+// 8j .. 8j+7, and one shift + vpermps + multiply by the rows' scales yields
+// element 8j+e of all 16 rows, in natural k order.
+
+// Shift that brings element e (0..7) of a dword to the low nibble: the even
+// element of each byte is its high nibble.
+inline constexpr int nibble_shift(int e) { return 8 * (e / 2) + ((e & 1) ? 0 : 4); }
+
+// Calls emit(k, values) for k in [0, kc), values = W[n0 + i, k0 + k] for the
+// 16 rows i (rows >= `rows` give 0); kc % 32 == 0. Prefetches the same columns
+// of the 16 rows from n0 + 32 on (the next panel), a line per row per block,
+// so that the prefetches trickle out instead of flooding the miss buffers.
+template <class Emit>
+inline void decode_rows_transposed(const WView & w, int64_t n0, int rows, int64_t k0, int kc, __m512 code,
+                                   Emit emit) {
+    const int64_t pf_rows = std::max<int64_t>(0, std::min<int64_t>(16, w.N - (n0 + 32)));
+    const uint8_t * pf = w.packed + (((n0 + 32) * w.K + k0) >> 1);
+    const int64_t row_bytes = w.K / 2;
+    constexpr int kMaxChunks = 512 / 32;
+    alignas(64) float sct[kMaxChunks][16]; // [chunk][row] scales
+    alignas(64) float tmp[kMaxChunks + 16];
+    const int nch = kc / 32;
+    const uint8_t * rowp[16];
+    for (int i = 0; i < 16; ++i) {
+        if (i < rows) {
+            const int64_t g0 = (n0 + i) * w.K + k0;
+            rowp[i] = w.packed + (g0 >> 1);
+            chunk_scales16(w, g0, nch, tmp);
+            for (int c = 0; c < nch; ++c) sct[c][i] = tmp[c];
+        } else {
+            rowp[i] = rowp[0]; // any readable bytes; scale 0 makes the values 0
+            for (int c = 0; c < nch; ++c) sct[c][i] = 0.0f;
+        }
+    }
+    for (int b = 0; b < kc; b += 128) {
+        for (int64_t i = 0; i < pf_rows; ++i) _mm_prefetch(reinterpret_cast<const char *>(pf + i * row_bytes + b / 2), _MM_HINT_T0);
+        const int nd = std::min(16, (kc - b) / 8); // dwords of each row in this block
+        const __mmask16 mk = static_cast<__mmask16>((1u << nd) - 1u);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(mk, rowp[i] + b / 2));
+        transpose16(r);
+        for (int j = 0; j < nd; ++j) {
+            const __m512i v = _mm512_castps_si512(r[j]);
+            const __m512 sv = _mm512_load_ps(sct[(b + 8 * j) / 32]);
+#pragma GCC unroll 8
+            for (int e = 0; e < 8; ++e)
+                emit(b + 8 * j + e, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, nibble_shift(e)), code), sv));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward panels: rows of W are the reduction, so each row chunk has its own
+// block. Their scales are decoded first, in a loop of their own (so that the
+// scalar lookups overlap instead of stalling the vector decode; gathers of 16
+// rows' scales measured slower on Zen 5).
+
+// out[i] = scale of row n0 + i at column k0, i < nr.
+inline void bwd_row_scales(const WView & w, int64_t n0, int nr, int64_t k0, float * out) {
+    for (int i = 0; i < nr; ++i) out[i] = w.scale(((n0 + i) * w.K + k0) >> w.log2b);
+}
+
+// ---------------------------------------------------------------------------
 // fp32 tiles: Bp [KC][32] floats, Sp [rows][KC] floats, C tile 12 x 32.
 
 struct OpsF32 : OpsBase<float> {
     static constexpr bool kFast = true;
     static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 256;
+    static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
 
-    // Bp[r][l] = W[n0 + l, k0 + perm(r)] (l < nv, else 0); kc % 32 == 0.
-    static void pack_w_fwd_fast(const WView & w, int64_t n0, int nv, int64_t k0, int kc, float * Bp) {
+    // Bp[r][l] = W[n0 + l, k0 + r] (l < nv, else 0), natural order; kc % 32 == 0.
+    static void pack_w_fwd_fast(const WView & win, int64_t n0, int nv, int64_t k0, int kc, float * Bp) {
+        const WView w = win;
         const __m512 code = _mm512_loadu_ps(w.code);
-        alignas(64) float tile[2][16 * 16];
         for (int g = 0; g < 2; ++g) {
-            if (16 * g >= nv) {
-                for (int r = 0; r < kc; ++r) _mm512_store_ps(Bp + r * 32 + 16 * g, _mm512_setzero_ps());
+            const int rows = std::min(16, nv - 16 * g);
+            float * out = Bp + 16 * g;
+            if (rows <= 0) {
+                for (int r = 0; r < kc; ++r) _mm512_store_ps(out + r * 32, _mm512_setzero_ps());
                 continue;
             }
-            for (int c = 0; c < kc; c += 32) {
-                for (int i = 0; i < 16; ++i) {
-                    __m512 H = _mm512_setzero_ps(), L = _mm512_setzero_ps();
-                    if (16 * g + i < nv) {
-                        const int64_t gi = (n0 + 16 * g + i) * w.K + k0 + c;
-                        decode32(w.packed, gi, code, w.scale(gi >> w.log2b), H, L);
-                    }
-                    _mm512_store_ps(tile[0] + 16 * i, H);
-                    _mm512_store_ps(tile[1] + 16 * i, L);
-                }
-                transpose_store(tile[0], Bp + c * 32 + 16 * g, 32);
-                transpose_store(tile[1], Bp + (c + 16) * 32 + 16 * g, 32);
-            }
+            decode_rows_transposed(w, n0 + 16 * g, rows, k0, kc, code,
+                                   [out](int k, __m512 v) { _mm512_store_ps(out + k * 32, v); });
         }
     }
 
     // Bp[r][p] = W[n0 + r, k0 + perm(p)], r < nr.
-    static void pack_w_bwd_fast(const WView & w, int64_t n0, int nr, int64_t k0, float * Bp) {
+    static void pack_w_bwd_fast(const WView & win, int64_t n0, int nr, int64_t k0, float * Bp) {
+        const WView w = win;
         const __m512 code = _mm512_loadu_ps(w.code);
-        for (int r = 0; r < nr; ++r) {
-            const int64_t g = (n0 + r) * w.K + k0;
+        alignas(64) float sc[kKC];
+        bwd_row_scales(w, n0, nr, k0, sc);
+        const uint8_t * p = w.packed + ((n0 * w.K + k0) >> 1);
+        const int64_t row_bytes = w.K / 2;
+        for (int r = 0; r < nr; ++r, p += row_bytes) {
+            _mm_prefetch(reinterpret_cast<const char *>(p) + 64, _MM_HINT_T0); // the next panels' line
             __m512 H, L;
-            decode32(w.packed, g, code, w.scale(g >> w.log2b), H, L);
+            decode32_codes(p, _mm512_mul_ps(code, _mm512_set1_ps(sc[r])), H, L);
             _mm512_store_ps(Bp + 32 * r, H);
             _mm512_store_ps(Bp + 32 * r + 16, L);
         }
     }
 
-    // Sp[m][p] = x[m0 + m, r0 + perm(p)]; kc % 32 == 0.
-    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
-        const __m512i ie = idx_evens(), io = idx_odds();
-        for (int m = 0; m < mc; ++m) {
-            float * row = Sp + static_cast<int64_t>(m) * sps;
-            for (int c = 0; c < kc; c += 32) {
-                __m512 v0, v1;
-                load32(a.x, a.x_dtype, (m0 + m) * a.ldx + r0 + c, v0, v1);
-                _mm512_store_ps(row + c, _mm512_permutex2var_ps(v0, ie, v1));
-                _mm512_store_ps(row + c + 16, _mm512_permutex2var_ps(v0, io, v1));
-            }
-        }
-    }
-
     template <int R>
-    static void kernel(const float * Bp, const float * Sp, int steps, float * C, int64_t ldc, bool first) {
+    static void kernel(const float * Bp, const float * Sp, int64_t sps, int steps, float * C, int64_t ldc, bool first) {
         __m512 c0[R], c1[R];
         if (first) {
             for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
@@ -261,11 +357,13 @@ struct OpsF32 : OpsBase<float> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
+        const float * row[R];
+        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
         for (int r = 0; r < steps; ++r) {
             const __m512 b0 = _mm512_load_ps(Bp + 32 * r), b1 = _mm512_load_ps(Bp + 32 * r + 16);
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512 s = _mm512_set1_ps(Sp[j * kKC + r]);
+                const __m512 s = _mm512_set1_ps(row[j][r]);
                 c0[j] = _mm512_fmadd_ps(b0, s, c0[j]);
                 c1[j] = _mm512_fmadd_ps(b1, s, c1[j]);
             }
@@ -293,72 +391,66 @@ inline __m512i bf16_pairs(__m512 hi_half, __m512 lo_half) { // words [lo_half | 
     return (__m512i)_mm512_cvtne2ps_pbh(hi_half, lo_half);
 }
 
+// vpermw index: words [a0..a15 | b0..b15] -> dwords (a_i, b_i).
+inline __m512i interleave_words() {
+    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+                            19, 3, 18, 2, 17, 1, 16, 0);
+}
+
 struct OpsBF16 : OpsBase<uint32_t> {
     static constexpr bool kFast = true;
     static constexpr int  kLanes = 32, kRows = 12, kKC = 512, kMC = 288, kNC = 256;
+    static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
 
     // Word position p of a 32-chunk holds element perm(p) (evens, then odds),
     // so dword d pairs perm(2d) and perm(2d + 1); x is packed the same way.
-    static void pack_w_fwd_fast(const WView & w, int64_t n0, int nv, int64_t k0, int kc, uint32_t * Bp) {
+    static void pack_w_fwd_fast(const WView & win, int64_t n0, int nv, int64_t k0, int kc, uint32_t * Bp) {
+        const WView w = win;
         const __m512 code = _mm512_loadu_ps(w.code);
-        alignas(64) float tile[16 * 16];
-        float * out = reinterpret_cast<float *>(Bp);
+        const __m512i inter = interleave_words();
         for (int g = 0; g < 2; ++g) {
-            if (16 * g >= nv) {
-                for (int r = 0; r < kc / 2; ++r) _mm512_store_ps(out + r * 32 + 16 * g, _mm512_setzero_ps());
+            const int rows = std::min(16, nv - 16 * g);
+            uint32_t * out = Bp + 16 * g;
+            if (rows <= 0) {
+                for (int r = 0; r < kc / 2; ++r) _mm512_store_si512(out + r * 32, _mm512_setzero_si512());
                 continue;
             }
-            for (int c = 0; c < kc; c += 32) {
-                for (int i = 0; i < 16; ++i) {
-                    __m512i d = _mm512_setzero_si512();
-                    if (16 * g + i < nv) {
-                        const int64_t gi = (n0 + 16 * g + i) * w.K + k0 + c;
-                        __m512 H, L;
-                        decode32(w.packed, gi, code, w.scale(gi >> w.log2b), H, L);
-                        d = bf16_pairs(L, H);
-                    }
-                    _mm512_store_si512(tile + 16 * i, d);
+            __m512 even = _mm512_setzero_ps();
+            decode_rows_transposed(w, n0 + 16 * g, rows, k0, kc, code, [out, inter, &even](int k, __m512 v) {
+                if ((k & 1) == 0) {
+                    even = v;
+                } else { // dword lane i = (W[i, k - 1], W[i, k]) as bf16
+                    _mm512_store_si512(out + (k >> 1) * 32, _mm512_permutexvar_epi16(inter, bf16_pairs(v, even)));
                 }
-                transpose_store(tile, out + (c / 2) * 32 + 16 * g, 32);
-            }
+            });
         }
     }
 
     // Bp[r2][p] = (W[n0 + 2 r2, k0 + perm(p)], W[n0 + 2 r2 + 1, k0 + perm(p)]).
-    static void pack_w_bwd_fast(const WView & w, int64_t n0, int nr, int64_t k0, uint32_t * Bp) {
+    static void pack_w_bwd_fast(const WView & win, int64_t n0, int nr, int64_t k0, uint32_t * Bp) {
+        const WView w = win;
         const __m512 code = _mm512_loadu_ps(w.code);
-        const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                               22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i inter = interleave_words();
+        alignas(64) float sc[kKC];
+        bwd_row_scales(w, n0, nr, k0, sc);
+        const int64_t row_bytes = w.K / 2;
         for (int r = 0; r < nr; r += 2) {
             __m512 H0, L0, H1 = _mm512_setzero_ps(), L1 = _mm512_setzero_ps();
-            const int64_t g0 = (n0 + r) * w.K + k0;
-            decode32(w.packed, g0, code, w.scale(g0 >> w.log2b), H0, L0);
-            if (r + 1 < nr) {
-                const int64_t g1 = g0 + w.K;
-                decode32(w.packed, g1, code, w.scale(g1 >> w.log2b), H1, L1);
-            }
+            const uint8_t * p = w.packed + (((n0 + r) * w.K + k0) >> 1);
+            _mm_prefetch(reinterpret_cast<const char *>(p) + 64, _MM_HINT_T0); // the next panels' lines
+            _mm_prefetch(reinterpret_cast<const char *>(p + row_bytes) + 64, _MM_HINT_T0);
+            decode32_codes(p, _mm512_mul_ps(code, _mm512_set1_ps(sc[r])), H0, L0);
+            if (r + 1 < nr) decode32_codes(p + row_bytes, _mm512_mul_ps(code, _mm512_set1_ps(sc[r + 1])), H1, L1);
             uint32_t * dst = Bp + 16 * r; // row r / 2 of 32 dwords
             _mm512_store_si512(dst, _mm512_permutexvar_epi16(inter, bf16_pairs(H1, H0)));
             _mm512_store_si512(dst + 16, _mm512_permutexvar_epi16(inter, bf16_pairs(L1, L0)));
         }
     }
 
-    // Sp[m][d] = (x[.., r0 + perm(2d)], x[.., r0 + perm(2d + 1)]) within each chunk.
-    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, uint32_t * Sp, int sps) {
-        const __m512i eo = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 30, 28, 26, 24,
-                                            22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-        for (int m = 0; m < mc; ++m) {
-            uint32_t * row = Sp + static_cast<int64_t>(m) * sps;
-            const uint16_t * x = static_cast<const uint16_t *>(a.x) + (m0 + m) * a.ldx + r0;
-            for (int c = 0; c < kc; c += 32)
-                _mm512_store_si512(row + c / 2, _mm512_permutexvar_epi16(eo, _mm512_loadu_si512(x + c)));
-        }
-    }
-
     template <int R>
-    static void kernel(const uint32_t * Bp, const uint32_t * Sp, int steps, float * C, int64_t ldc, bool first) {
-        constexpr int SPS = kKC / 2;
+    static void kernel(const uint32_t * Bp, const uint32_t * Sp, int64_t sps, int steps, float * C, int64_t ldc,
+                       bool first) {
         __m512 c0[R], c1[R];
         if (first) {
             for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
@@ -368,12 +460,16 @@ struct OpsBF16 : OpsBase<uint32_t> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
+        // Sp may be x's own bf16 memory, read here as pairs: a may_alias type.
+        typedef uint32_t __attribute__((may_alias)) pair_t;
+        const pair_t * row[R];
+        for (int j = 0; j < R; ++j) row[j] = reinterpret_cast<const pair_t *>(Sp + j * sps);
         for (int r = 0; r < steps; ++r) {
             const __m512bh b0 = (__m512bh)(_mm512_load_si512(Bp + 32 * r));
             const __m512bh b1 = (__m512bh)(_mm512_load_si512(Bp + 32 * r + 16));
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(Sp[j * SPS + r])));
+                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(row[j][r])));
                 c0[j] = _mm512_dpbf16_ps(c0[j], b0, s);
                 c1[j] = _mm512_dpbf16_ps(c1[j], b1, s);
             }

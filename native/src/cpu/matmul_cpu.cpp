@@ -12,26 +12,23 @@ namespace {
 struct Ops : OpsBase<float> {
     static constexpr bool kFast = false; // natural order only
     static constexpr int  kLanes = 16, kRows = 4, kKC = 256, kMC = 64, kNC = 128;
+    static constexpr bool kFwdPermuted = false;
     static int perm(int p) { return p; }
 
-    static void pack_x_perm(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
-        pack_x_natural(a, m0, mc, r0, kc, Sp, sps);
-    }
     static void pack_w_fwd_fast(const WView &, int64_t, int, int64_t, int, float *) {}
     static void pack_w_bwd_fast(const WView &, int64_t, int, int64_t, float *) {}
     static void matvec_fwd_fast(const MatmulArgs &, const WView &, const float *, int64_t, int64_t) {}
     static void matvec_bwd_fast(const MatmulArgs &, const WView &, const float *, int64_t, int64_t, float *) {}
 
     template <int R>
-    static void kernel(const float * Bp, const float * Sp, int steps, float * C, int64_t ldc, bool first) {
-        constexpr int SPS = kKC;
+    static void kernel(const float * Bp, const float * Sp, int64_t sps, int steps, float * C, int64_t ldc, bool first) {
         float acc[R][kLanes];
         for (int j = 0; j < R; ++j)
             for (int l = 0; l < kLanes; ++l) acc[j][l] = first ? 0.0f : C[j * ldc + l];
         for (int r = 0; r < steps; ++r) {
             const float * b = Bp + r * kLanes;
             for (int j = 0; j < R; ++j) {
-                const float s = Sp[j * SPS + r];
+                const float s = Sp[j * sps + r];
                 for (int l = 0; l < kLanes; ++l) acc[j][l] = acc[j][l] + b[l] * s;
             }
         }

@@ -19,10 +19,11 @@
 //  - M <= 8 (matvec): W is decoded in registers and streamed once.
 //  - "fast" mode (K % 32 == 0, SIMD ISAs): 32-element chunks of a W row never
 //    straddle a block or a byte, so they are decoded 16 or 32 at a time; the
-//    decoder yields even and odd elements in separate vectors, so the
-//    reduction order (forward) or the lanes (backward) are permuted within
-//    each 32-chunk by Ops::perm, and x / the epilogue use the same
-//    permutation. Otherwise every element is decoded on its own (natural order).
+//    row decoder yields even and odd elements in separate vectors, so the
+//    lanes (backward, matvec) or the reduction order (forward panels when
+//    Ops::kFwdPermuted) are permuted within each 32-chunk by Ops::perm, and x /
+//    the epilogue use the same permutation. Otherwise every element is decoded
+//    on its own (natural order).
 //  - Determinism: every output element is one fixed sequence of fp32 FMAs over
 //    the reduction, whatever the thread split, so results do not depend on the
 //    thread count.
@@ -110,6 +111,29 @@ inline void decode_run(const WView & w, int64_t i0, int64_t n, float * out) {
     }
 }
 
+// Scales of `count` consecutive 32-element chunks starting at flat index g0
+// (g0 % 32 == 0, so no chunk straddles a block): out[c] = scale of chunk c.
+// Every chunk decodes its block's scale on its own: the iterations are
+// independent, which is faster than sharing one decode per block through a
+// loop-carried "next block" computation.
+inline void chunk_scales(const WView & w, int64_t g0, int count, float * out) {
+    const int64_t c0 = g0 >> 5;
+    const int sh = w.log2b - 5;
+    for (int c = 0; c < count; ++c) out[c] = w.scale((c0 + c) >> sh);
+}
+
+// Prefetches the block scale storage (qabsmax byte or fp32 absmax) of the
+// block holding flat element g.
+inline void prefetch_scale(const WView & w, int64_t g) {
+    const int64_t b = g >> w.log2b;
+    if (w.dq) __builtin_prefetch(w.qabsmax + b, 0, 3);
+    else __builtin_prefetch(w.absmax + b, 0, 3);
+}
+
+// Matvec rows are processed in segments of this many 32-element chunks, with
+// the chunk scales of the segment computed up front.
+constexpr int kSegChunks = 64;
+
 inline float load_act(const void * p, qlora_dtype dtype, int64_t i) {
     return dtype == QLORA_DTYPE_BF16 ? bf16_to_f32(static_cast<const uint16_t *>(p)[i])
                                      : static_cast<const float *>(p)[i];
@@ -181,17 +205,6 @@ void pack_x_natural_generic(const MatmulArgs & a, int64_t m0, int mc, int64_t r0
     }
 }
 
-// Forward, fast mode: Sp[m][p] = x[m0 + m, r0 + 32 (p / 32) + perm(p % 32)].
-template <class E, class Perm>
-void pack_x_perm_generic(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, E * Sp, int sps, Perm perm) {
-    for (int m = 0; m < mc; ++m) {
-        E * row = Sp + static_cast<int64_t>(m) * sps;
-        const int64_t base = (m0 + m) * a.ldx + r0;
-        for (int p = 0; p < kc; ++p)
-            put(row, 1, p, 0, load_act(a.x, a.x_dtype, base + (p & ~31) + perm(p & 31)));
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Epilogue: y[m0 + m, c0 + col(p)] = alpha * C[m][p] + beta * y, for p < nc.
 template <class Perm>
@@ -243,13 +256,17 @@ struct GemmPlan {
     using E = typename Ops::Elem;
     static constexpr int kSteps = Ops::kKC / kStep<E>; // packed rows per reduction block
     int     mc_max;                                    // rows of x per block (multiple of kRows)
+    int     nc;                                        // cols per block (multiple of kLanes)
     size_t  cacc_bytes, sp_bytes, bp_bytes, tmp_bytes;
     size_t  total() const { return cacc_bytes + sp_bytes + bp_bytes + tmp_bytes; }
 
     GemmPlan(int64_t M) {
         const int64_t nmb = (M + Ops::kMC - 1) / Ops::kMC;
         mc_max = static_cast<int>(round_up(static_cast<uint64_t>((M + nmb - 1) / nmb), Ops::kRows));
-        cacc_bytes = round_up(sizeof(float) * static_cast<size_t>(mc_max) * Ops::kNC, 64);
+        // Few rows: wider column blocks (same accumulator bytes), so x is packed fewer times.
+        nc = static_cast<int>(std::max<int64_t>(
+            Ops::kNC, std::min<int64_t>(8 * Ops::kNC, Ops::kNC * int64_t{Ops::kMC} / mc_max / Ops::kLanes * Ops::kLanes)));
+        cacc_bytes = round_up(sizeof(float) * static_cast<size_t>(mc_max) * nc, 64);
         sp_bytes = round_up(sizeof(E) * static_cast<size_t>(mc_max) * kSteps, 64);
         bp_bytes = round_up(sizeof(E) * static_cast<size_t>(kSteps) * Ops::kLanes, 64);
         tmp_bytes = round_up(sizeof(float) * static_cast<size_t>(std::max(Ops::kKC, Ops::kLanes)), 64);
@@ -257,12 +274,23 @@ struct GemmPlan {
 };
 
 template <class Ops, int R>
-void kernel_dispatch_impl(int r, const typename Ops::Elem * Bp, const typename Ops::Elem * Sp, int steps, float * C,
-                          int64_t ldc, bool first) {
+void kernel_dispatch_impl(int r, const typename Ops::Elem * Bp, const typename Ops::Elem * Sp, int64_t sps, int steps,
+                          float * C, int64_t ldc, bool first) {
     if constexpr (R >= 1) {
-        if (r == R) return Ops::template kernel<R>(Bp, Sp, steps, C, ldc, first);
-        kernel_dispatch_impl<Ops, R - 1>(r, Bp, Sp, steps, C, ldc, first);
+        if (r == R) return Ops::template kernel<R>(Bp, Sp, sps, steps, C, ldc, first);
+        kernel_dispatch_impl<Ops, R - 1>(r, Bp, Sp, sps, steps, C, ldc, first);
     }
+}
+
+// Whether the micro-kernel can broadcast straight from x's rows (no packing):
+// x already has the packed element type and natural order (and, for bf16
+// pairs, pairs that start on even columns and a reduction block of even length,
+// so no pair reaches past the row).
+template <class Ops>
+bool x_direct(const MatmulArgs & a, bool permuted_x, int kc) {
+    if (permuted_x) return false;
+    if constexpr (std::is_same_v<typename Ops::Elem, float>) return a.x_dtype == QLORA_DTYPE_F32;
+    else return a.x_dtype == QLORA_DTYPE_BF16 && a.ldx % 2 == 0 && kc % 2 == 0;
 }
 
 // One thread's rectangle of the output: rows [m0, m1), cols [c0, c1).
@@ -280,15 +308,28 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
     const int64_t nmb = (m1 - m0 + plan.mc_max - 1) / plan.mc_max;
     const int64_t mc_even = static_cast<int64_t>(round_up(static_cast<uint64_t>((m1 - m0 + nmb - 1) / nmb), ROWS));
 
-    for (int64_t cb = c0; cb < c1; cb += Ops::kNC) {
-        const int nc = static_cast<int>(std::min<int64_t>(Ops::kNC, c1 - cb));
+    const int NC = plan.nc;
+    for (int64_t cb = c0; cb < c1; cb += NC) {
+        const int nc = static_cast<int>(std::min<int64_t>(NC, c1 - cb));
         for (int64_t mb = m0; mb < m1; mb += mc_even) {
             const int mc = static_cast<int>(std::min<int64_t>(mc_even, m1 - mb));
             for (int64_t rb = 0; rb < red; rb += Ops::kKC) {
                 const int kc = static_cast<int>(std::min<int64_t>(Ops::kKC, red - rb));
                 const int steps = (kc + kStep<E> - 1) / kStep<E>;
-                if (fwd && fast) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
-                else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+                // forward panels in Ops::perm order: x follows
+                const bool permuted_x = Ops::kFwdPermuted && fwd && fast;
+                const E * S = Sp;
+                int64_t sps = SPS;
+                if (x_direct<Ops>(a, permuted_x, kc)) {
+                    S = reinterpret_cast<const E *>(static_cast<const char *>(a.x) +
+                                                    (mb * a.ldx + rb) * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)));
+                    sps = a.ldx * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)) / static_cast<int64_t>(sizeof(E));
+                } else if constexpr (Ops::kFwdPermuted) {
+                    if (permuted_x) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
+                    else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+                } else {
+                    Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+                }
                 for (int64_t cp = cb; cp < cb + nc; cp += LANES) {
                     const int lv = static_cast<int>(std::min<int64_t>(LANES, cb + nc - cp));
                     if (fwd) {
@@ -301,12 +342,12 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
                     float * Ct = Cacc + (cp - cb);
                     for (int mp = 0; mp < mc; mp += ROWS) {
                         const int r = std::min(ROWS, mc - mp);
-                        kernel_dispatch_impl<Ops, ROWS>(r, Bp, Sp + static_cast<int64_t>(mp) * SPS, steps,
-                                                        Ct + static_cast<int64_t>(mp) * Ops::kNC, Ops::kNC, rb == 0);
+                        kernel_dispatch_impl<Ops, ROWS>(r, Bp, S + mp * sps, sps, steps,
+                                                        Ct + static_cast<int64_t>(mp) * NC, NC, rb == 0);
                     }
                 }
             }
-            store_rows(a, Cacc, Ops::kNC, mb, mc, cb, nc, !fwd && fast, [](int p) { return Ops::perm(p); });
+            store_rows(a, Cacc, NC, mb, mc, cb, nc, !fwd && fast, [](int p) { return Ops::perm(p); });
         }
     }
 }

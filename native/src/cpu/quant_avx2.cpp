@@ -227,18 +227,13 @@ inline void nibbles(const uint8_t * p, __m128i & n0, __m128i & n1) {
     n1 = _mm_unpackhi_epi8(hi, lo);
 }
 
-template <bool Stream>
-inline void store32(void * p, __m256i v) {
-    if constexpr (Stream) _mm256_stream_si256(static_cast<__m256i *>(p), v);
-    else _mm256_storeu_si256(static_cast<__m256i *>(p), v);
-}
+inline void store32(void * p, __m256i v) { _mm256_storeu_si256(static_cast<__m256i *>(p), v); }
 
 inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx) {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
                             _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 
-template <bool Stream>
 void dequant_f32(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                  int64_t b1, float * out) {
     const __m256 code_lo = _mm256_loadu_ps(code16), code_hi = _mm256_loadu_ps(code16 + 8);
@@ -252,14 +247,13 @@ void dequant_f32(const uint8_t * packed, const float * code16, const float * sca
             nibbles(p + i / 2, n[0], n[1]);
             for (int k = 0; k < 2; ++k) {
                 const __m256i i0 = _mm256_cvtepu8_epi32(n[k]), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(n[k], 8));
-                store32<Stream>(o + i + 16 * k, _mm256_castps_si256(lookup16(tlo, thi, i0)));
-                store32<Stream>(o + i + 16 * k + 8, _mm256_castps_si256(lookup16(tlo, thi, i1)));
+                store32(o + i + 16 * k, _mm256_castps_si256(lookup16(tlo, thi, i0)));
+                store32(o + i + 16 * k + 8, _mm256_castps_si256(lookup16(tlo, thi, i1)));
             }
         }
     }
 }
 
-template <bool Stream>
 void dequant_16(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                 int64_t b1, uint16_t * out, qlora_dtype dtype) {
     const __m256 code_lo = _mm256_loadu_ps(code16), code_hi = _mm256_loadu_ps(code16 + 8);
@@ -279,42 +273,60 @@ void dequant_16(const uint8_t * packed, const float * code16, const float * scal
             const __m256i idx = _mm256_set_m128i(n1, n0);
             const __m256i lob = _mm256_shuffle_epi8(tlo, idx), hib = _mm256_shuffle_epi8(thi, idx);
             const __m256i w0 = _mm256_unpacklo_epi8(lob, hib), w1 = _mm256_unpackhi_epi8(lob, hib);
-            store32<Stream>(o + i, _mm256_permute2x128_si256(w0, w1, 0x20));
-            store32<Stream>(o + i + 16, _mm256_permute2x128_si256(w0, w1, 0x31));
+            store32(o + i, _mm256_permute2x128_si256(w0, w1, 0x20));
+            store32(o + i + 16, _mm256_permute2x128_si256(w0, w1, 0x31));
         }
     }
 }
 
 // ---- 8-bit search (see Q8Search) ---------------------------------------------
 
-inline __m256i dquantize8(__m256 x, const Q8Search & s) {
-    __m256i pos = _mm256_setzero_si256();
-    auto step = [&](__m256 c, int s_step) {
-        pos = _mm256_add_epi32(pos, bits_of(_mm256_cmp_ps(x, c, _CMP_GT_OQ), s_step));
+// N x 8 values through each level together (independent dependency chains).
+template <int N>
+inline void dquantize(const __m256 (&x)[N], __m256i (&r)[N], const Q8Search & s) {
+    // lo / hi: the entries bracketing x so far (see avx512): the midpoint needs no gather.
+    __m256i pos[N];
+    __m256 lo[N], hi[N];
+    for (int k = 0; k < N; ++k) {
+        pos[k] = _mm256_setzero_si256();
+        lo[k] = _mm256_setzero_ps();
+        hi[k] = _mm256_set1_ps(s.top);
+    }
+    auto step = [&](auto lookup, int s_step) {
+        for (int k = 0; k < N; ++k) {
+            const __m256 c = lookup(pos[k]);
+            const __m256 m = _mm256_cmp_ps(x[k], c, _CMP_GT_OQ);
+            pos[k] = _mm256_add_epi32(pos[k], bits_of(m, s_step));
+            lo[k] = _mm256_blendv_ps(lo[k], c, m);
+            hi[k] = _mm256_blendv_ps(c, hi[k], m);
+        }
     };
-    step(_mm256_set1_ps(s.level[0][0]), 128);
-    step(_mm256_blendv_ps(_mm256_set1_ps(s.level[1][0]), _mm256_set1_ps(s.level[1][1]),
-                          _mm256_castsi256_ps(_mm256_slli_epi32(pos, 24))),
-         64);
-    step(_mm256_permutevar8x32_ps(_mm256_load_ps(s.level[2]), _mm256_srli_epi32(pos, 6)), 32);
-    step(_mm256_permutevar8x32_ps(_mm256_load_ps(s.level[3]), _mm256_srli_epi32(pos, 5)), 16);
-    step(_mm256_i32gather_ps(s.level[4], _mm256_srli_epi32(pos, 4), 4), 8);
-    step(_mm256_i32gather_ps(s.level[5], _mm256_srli_epi32(pos, 3), 4), 4);
-    step(_mm256_i32gather_ps(s.level[6], _mm256_srli_epi32(pos, 2), 4), 2);
-    step(_mm256_i32gather_ps(s.level[7], _mm256_srli_epi32(pos, 1), 4), 1);
-    const __m256i j = _mm256_sub_epi32(pos, _mm256_set1_epi32(1));
-    const __m256 mid = _mm256_i32gather_ps(s.mid, _mm256_max_epi32(j, _mm256_setzero_si256()), 4);
-    const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(pos, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
-    const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(x, mid, _CMP_GT_OQ));
-    const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(x, mid, _CMP_GE_OQ));
-    const __m256i up = _mm256_or_si256(_mm256_and_si256(odd, gt), _mm256_andnot_si256(odd, ge));
-    const __m256i r = _mm256_sub_epi32(j, up); // up is -1 where true
-    return _mm256_andnot_si256(_mm256_cmpeq_epi32(pos, _mm256_setzero_si256()), r);
+    const __m256 l0 = _mm256_set1_ps(s.level[0][0]), l1a = _mm256_set1_ps(s.level[1][0]),
+                 l1b = _mm256_set1_ps(s.level[1][1]), l2 = _mm256_load_ps(s.level[2]), l3 = _mm256_load_ps(s.level[3]);
+    step([&](__m256i) { return l0; }, 128);
+    step([&](__m256i p) { return _mm256_blendv_ps(l1a, l1b, _mm256_castsi256_ps(_mm256_slli_epi32(p, 24))); }, 64);
+    step([&](__m256i p) { return _mm256_permutevar8x32_ps(l2, _mm256_srli_epi32(p, 6)); }, 32);
+    step([&](__m256i p) { return _mm256_permutevar8x32_ps(l3, _mm256_srli_epi32(p, 5)); }, 16);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[4], _mm256_srli_epi32(p, 4), 4); }, 8);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[5], _mm256_srli_epi32(p, 3), 4); }, 4);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[6], _mm256_srli_epi32(p, 2), 4); }, 2);
+    step([&](__m256i p) { return _mm256_i32gather_ps(s.level[7], _mm256_srli_epi32(p, 1), 4); }, 1);
+    for (int k = 0; k < N; ++k) {
+        const __m256i j = _mm256_sub_epi32(pos[k], _mm256_set1_epi32(1));
+        const __m256 mid = _mm256_mul_ps(_mm256_add_ps(hi[k], lo[k]), _mm256_set1_ps(0.5f));
+        const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(pos[k], _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
+        const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(x[k], mid, _CMP_GT_OQ));
+        const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(x[k], mid, _CMP_GE_OQ));
+        const __m256i up = _mm256_or_si256(_mm256_and_si256(odd, gt), _mm256_andnot_si256(odd, ge));
+        const __m256i v = _mm256_sub_epi32(j, up); // up is -1 where true
+        r[k] = _mm256_andnot_si256(_mm256_cmpeq_epi32(pos[k], _mm256_setzero_si256()), v);
+    }
 }
 
 template <qlora_dtype D>
 void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, int64_t b1, uint8_t * q,
                    float * absmax) {
+    constexpr int N = 4; // blocks hold >= 32 values
     const char * base = static_cast<const char *>(x);
     for (int64_t b = b0; b < b1; ++b) {
         const char * p = base + b * bs * esize<D>();
@@ -322,9 +334,13 @@ void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, i
         block_absmax<D>(p, bs, m);
         absmax[b] = m;
         const __m256 inv = _mm256_set1_ps(m > 0.0f ? 1.0f / m : 0.0f);
-        for (int64_t i = 0; i < bs; i += 8) {
-            const __m256i r = dquantize8(_mm256_mul_ps(load8<D>(p + i * esize<D>()), inv), s);
-            _mm_storel_epi64(reinterpret_cast<__m128i *>(q + b * bs + i), pack_u8(r));
+        for (int64_t i = 0; i < bs; i += 8 * N) {
+            __m256 xn[N];
+            __m256i r[N];
+            for (int k = 0; k < N; ++k) xn[k] = _mm256_mul_ps(load8<D>(p + (i + 8 * k) * esize<D>()), inv);
+            dquantize<N>(xn, r, s);
+            for (int k = 0; k < N; ++k)
+                _mm_storel_epi64(reinterpret_cast<__m128i *>(q + b * bs + i + 8 * k), pack_u8(r[k]));
         }
     }
 }
@@ -341,16 +357,9 @@ bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32
 }
 
 void q4_dequantize(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
-                   int64_t b1, void * out, qlora_dtype dtype, bool stream) {
-    const bool f32 = dtype == QLORA_DTYPE_F32;
-    if (stream) {
-        if (f32) dequant_f32<true>(packed, code16, scales, bs, b0, b1, static_cast<float *>(out));
-        else dequant_16<true>(packed, code16, scales, bs, b0, b1, static_cast<uint16_t *>(out), dtype);
-        _mm_sfence(); // order the non-temporal stores before the pool's completion signal
-    } else {
-        if (f32) dequant_f32<false>(packed, code16, scales, bs, b0, b1, static_cast<float *>(out));
-        else dequant_16<false>(packed, code16, scales, bs, b0, b1, static_cast<uint16_t *>(out), dtype);
-    }
+                   int64_t b1, void * out, qlora_dtype dtype) {
+    if (dtype == QLORA_DTYPE_F32) dequant_f32(packed, code16, scales, bs, b0, b1, static_cast<float *>(out));
+    else dequant_16(packed, code16, scales, bs, b0, b1, static_cast<uint16_t *>(out), dtype);
 }
 
 void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales) {

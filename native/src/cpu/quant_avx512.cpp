@@ -127,18 +127,13 @@ inline bool block_absmax(const void * p, int64_t n, float & absmax) {
 // ---- 4-bit codes of 16 normalised values -----------------------------------
 
 struct CodeTables {
-    // NF4: a 4-level binary search over the 15 thresholds; nf4[l][c] is the
-    // threshold compared at level l when the code so far is c.
-    alignas(64) float nf4[3][16];
-    // FP4: the same over bitsandbytes' 7 literals on |x|, then the code map.
+    // FP4: bitsandbytes' decision tree as a 3-level binary search over its 7
+    // literals on |x|; fp4[l][c] is the literal compared at level l + 1 when
+    // the count so far is c; then the count's code.
     alignas(64) float fp4[2][16];
     alignas(64) int32_t fp4_code[16];
     CodeTables() {
-        const float * t = nf4_thresholds();
         for (int c = 0; c < 16; ++c) {
-            nf4[0][c] = t[(c & 8) + 3];
-            nf4[1][c] = t[(c & 12) + 1];
-            nf4[2][c] = t[std::min(c & 14, 14)];
             fp4[0][c] = kFP4Thresholds[(c & 4) + 1];
             fp4[1][c] = kFP4Thresholds[c & 6];
             fp4_code[c] = kFP4CodeOfCount[c & 7];
@@ -147,37 +142,56 @@ struct CodeTables {
 };
 const CodeTables kTables;
 
+// Codes of 16 normalised values; the tables live in registers for a whole kernel call.
 template <qlora_quant_type T>
-inline __m512i codes16(__m512 x) {
-    if constexpr (T == QLORA_QUANT_NF4) {
-        // code = #{thresholds < x}: bit 3, then bits 2, 1, 0 by table lookup.
-        __mmask16 m = _mm512_cmp_ps_mask(x, _mm512_set1_ps(nf4_thresholds()[7]), _CMP_GT_OQ);
-        __m512i c = _mm512_maskz_mov_epi32(m, _mm512_set1_epi32(8));
-        m = _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.nf4[0])), _CMP_GT_OQ);
-        c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(4));
-        m = _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.nf4[1])), _CMP_GT_OQ);
-        c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(2));
-        m = _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.nf4[2])), _CMP_GT_OQ);
-        return _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(1));
-    } else if constexpr (T == QLORA_QUANT_FP4) {
+struct Coder;
+
+template <>
+struct Coder<QLORA_QUANT_NF4> {
+    // one threshold compare per value: see Nf4Buckets
+    const __m512 cand_lo = _mm512_load_ps(nf4_buckets().cand), cand_hi = _mm512_load_ps(nf4_buckets().cand + 16);
+    const __m512i base_lo = _mm512_load_si512(nf4_buckets().base), base_hi = _mm512_load_si512(nf4_buckets().base + 16);
+    __m512i operator()(__m512 x) const {
+        // an approximate bucket is fine (the buckets overlap by the margin): FMA on purpose
+        __m512 y = _mm512_fmadd_ps(x, _mm512_set1_ps(16.0f), _mm512_set1_ps(16.0f));
+        y = _mm512_min_ps(_mm512_max_ps(y, _mm512_setzero_ps()), _mm512_set1_ps(31.5f)); // NaN -> 0
+        const __m512i j = _mm512_cvttps_epi32(y);
+        const __m512 cand = _mm512_permutex2var_ps(cand_lo, j, cand_hi);
+        const __m512i base = _mm512_permutex2var_epi32(base_lo, j, base_hi);
+        const __mmask16 up = _mm512_cmp_ps_mask(x, cand, _CMP_GT_OQ);
+        return _mm512_mask_add_epi32(base, up, base, _mm512_set1_epi32(1));
+    }
+};
+
+template <>
+struct Coder<QLORA_QUANT_FP4> {
+    const __m512 t3 = _mm512_set1_ps(kFP4Thresholds[3]), l1 = _mm512_load_ps(kTables.fp4[0]),
+                 l2 = _mm512_load_ps(kTables.fp4[1]);
+    const __m512i code = _mm512_load_si512(kTables.fp4_code);
+    __m512i operator()(__m512 x) const {
         const __m512 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
-        __mmask16 m = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kFP4Thresholds[3]), _CMP_GT_OQ);
+        __mmask16 m = _mm512_cmp_ps_mask(a, t3, _CMP_GT_OQ);
         __m512i c = _mm512_maskz_mov_epi32(m, _mm512_set1_epi32(4));
-        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.fp4[0])), _CMP_GT_OQ);
+        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, l1), _CMP_GT_OQ);
         c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(2));
-        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, _mm512_load_ps(kTables.fp4[1])), _CMP_GT_OQ);
+        m = _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(c, l2), _CMP_GT_OQ);
         c = _mm512_mask_add_epi32(c, m, c, _mm512_set1_epi32(1));
-        c = _mm512_permutexvar_epi32(c, _mm512_load_si512(kTables.fp4_code));
+        c = _mm512_permutexvar_epi32(c, code);
         const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
         return _mm512_mask_or_epi32(c, neg, c, _mm512_set1_epi32(8));
-    } else {
-        // max/min return their second operand for NaN, like quantize_int4.
+    }
+};
+
+template <>
+struct Coder<QLORA_QUANT_INT4> {
+    __m512i operator()(__m512 x) const {
+        // max/min return their second operand for NaN, like quantize_int4
         __m512 r = _mm512_mul_ps(x, _mm512_set1_ps(7.0f));
         r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-7.0f)), _mm512_set1_ps(7.0f));
         r = _mm512_roundscale_ps(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         return _mm512_add_epi32(_mm512_cvttps_epi32(r), _mm512_set1_epi32(8));
     }
-}
+};
 
 // Even and odd elements of 32 consecutive values at p, as f32.
 template <qlora_dtype D>
@@ -204,6 +218,7 @@ inline void load_pairs(const void * p, __m512 & even, __m512 & odd) {
 template <qlora_quant_type T, qlora_dtype D>
 bool q4_quantize_t(const void * x, int32_t bs, int64_t b0, int64_t b1, float * absmax, uint8_t * packed) {
     const char * base = static_cast<const char *>(x);
+    const Coder<T> code;
     bool finite = true;
     for (int64_t b = b0; b < b1; ++b) {
         const void * p = base + b * bs * esize<D>();
@@ -215,7 +230,7 @@ bool q4_quantize_t(const void * x, int32_t bs, int64_t b0, int64_t b1, float * a
         for (int64_t i = 0; i < bs; i += 32) {
             __m512 e, o;
             load_pairs<D>(static_cast<const char *>(p) + i * esize<D>(), e, o);
-            const __m512i ce = codes16<T>(_mm512_mul_ps(e, inv)), co = codes16<T>(_mm512_mul_ps(o, inv));
+            const __m512i ce = code(_mm512_mul_ps(e, inv)), co = code(_mm512_mul_ps(o, inv));
             const __m512i bytes = _mm512_or_si512(_mm512_slli_epi32(ce, 4), co); // high nibble = even element
             _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i / 2), _mm512_cvtepi32_epi8(bytes));
         }
@@ -238,13 +253,6 @@ bool q4_quantize_d(const void * x, qlora_dtype dtype, int32_t bs, int64_t b0, in
 // products ref computes per element), converted once to the output dtype;
 // each element is then one table lookup by its nibble.
 
-template <bool Stream>
-inline void store64(void * p, __m512i v) {
-    if constexpr (Stream) _mm512_stream_si512(static_cast<__m512i *>(p), v);
-    else _mm512_storeu_si512(p, v);
-}
-
-template <bool Stream>
 void dequant_f32(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                  int64_t b1, float * out) {
     const __m512 code = _mm512_loadu_ps(code16);
@@ -261,8 +269,8 @@ void dequant_f32(const uint8_t * packed, const float * code16, const float * sca
             // vpermps reads only the low 4 bits of each index
             const __m512 v0 = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(s, lo, d), table);
             const __m512 v1 = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(s, hi, d), table);
-            store64<Stream>(o + i, _mm512_castps_si512(v0));
-            store64<Stream>(o + i + 16, _mm512_castps_si512(v1));
+            _mm512_storeu_ps(o + i, v0);
+            _mm512_storeu_ps(o + i + 16, v1);
         }
     }
 }
@@ -270,7 +278,7 @@ void dequant_f32(const uint8_t * packed, const float * code16, const float * sca
 // f16 / bf16 output: a 16-entry table of 16-bit results, duplicated to 32
 // entries so that vpermw (5 index bits) can take the raw byte as the index of
 // the odd element.
-template <qlora_dtype D, bool HW, bool Stream>
+template <qlora_dtype D, bool HW>
 void dequant_16(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
                 int64_t b1, uint16_t * out) {
     const __m512 code = _mm512_loadu_ps(code16);
@@ -284,28 +292,8 @@ void dequant_16(const uint8_t * packed, const float * code16, const float * scal
             const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p + i / 2)));
             // word 2j = byte j >> 4, word 2j + 1 = byte j
             const __m512i idx = _mm512_or_si512(_mm512_srli_epi32(d, 4), _mm512_slli_epi32(d, 16));
-            store64<Stream>(o + i, _mm512_permutexvar_epi16(idx, table));
+            _mm512_storeu_si512(o + i, _mm512_permutexvar_epi16(idx, table));
         }
-    }
-}
-
-template <bool Stream>
-void dequant(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0, int64_t b1,
-             void * out, qlora_dtype dtype, bool hw_bf16) {
-    switch (dtype) {
-        case QLORA_DTYPE_F16:
-            dequant_16<QLORA_DTYPE_F16, false, Stream>(packed, code16, scales, bs, b0, b1,
-                                                         static_cast<uint16_t *>(out));
-            break;
-        case QLORA_DTYPE_BF16:
-            if (hw_bf16)
-                dequant_16<QLORA_DTYPE_BF16, true, Stream>(packed, code16, scales, bs, b0, b1,
-                                                            static_cast<uint16_t *>(out));
-            else
-                dequant_16<QLORA_DTYPE_BF16, false, Stream>(packed, code16, scales, bs, b0, b1,
-                                                             static_cast<uint16_t *>(out));
-            break;
-        default: dequant_f32<Stream>(packed, code16, scales, bs, b0, b1, static_cast<float *>(out)); break;
     }
 }
 
@@ -326,32 +314,53 @@ inline __m512 lut(__m512i idx, const float * t) {
     }
 }
 
-// bitsandbytes' dQuantize of 16 normalised values (see Q8Search).
-inline __m512i dquantize16(__m512 x, const Q8Search & s) {
-    __m512i pos = _mm512_setzero_si512();
-    auto step = [&](__m512 c, int s_step) {
-        const __mmask16 m = _mm512_cmp_ps_mask(x, c, _CMP_GT_OQ);
-        pos = _mm512_mask_add_epi32(pos, m, pos, _mm512_set1_epi32(s_step));
+// bitsandbytes' dQuantize of N x 16 normalised values (see Q8Search). The N
+// vectors go through each search level together: the levels form a long
+// dependency chain, and independent chains side by side keep the units busy.
+template <int N>
+inline void dquantize(const __m512 (&x)[N], __m512i (&r)[N], const Q8Search & s) {
+    // Each level also keeps the entries that bracket x so far: the largest
+    // c[j] < x (lo) and the smallest c[j] >= x (hi). At the end they are
+    // c[k' - 1] and c[k'] (c[255] when every step went up), the two operands
+    // of the midpoint M[k' - 1], so it needs no lookup.
+    __m512i pos[N];
+    __m512 lo[N], hi[N];
+    for (int k = 0; k < N; ++k) {
+        pos[k] = _mm512_setzero_si512();
+        lo[k] = _mm512_setzero_ps();
+        hi[k] = _mm512_set1_ps(s.top);
+    }
+    auto step = [&](auto lookup, int shift, int s_step) {
+        for (int k = 0; k < N; ++k) {
+            const __m512 c = lookup(_mm512_srli_epi32(pos[k], shift));
+            const __mmask16 m = _mm512_cmp_ps_mask(x[k], c, _CMP_GT_OQ);
+            pos[k] = _mm512_mask_add_epi32(pos[k], m, pos[k], _mm512_set1_epi32(s_step));
+            lo[k] = _mm512_mask_mov_ps(lo[k], m, c);
+            hi[k] = _mm512_mask_mov_ps(c, m, hi[k]);
+        }
     };
-    step(_mm512_set1_ps(s.level[0][0]), 128);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 7), _mm512_load_ps(s.level[1])), 64);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 6), _mm512_load_ps(s.level[2])), 32);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 5), _mm512_load_ps(s.level[3])), 16);
-    step(_mm512_permutexvar_ps(_mm512_srli_epi32(pos, 4), _mm512_load_ps(s.level[4])), 8);
-    step(lut32(_mm512_srli_epi32(pos, 3), s.level[5]), 4);
-    step(lut<64>(_mm512_srli_epi32(pos, 2), s.level[6]), 2);
-    step(lut<128>(_mm512_srli_epi32(pos, 1), s.level[7]), 1);
-    // pos = k' in [0, 255]
-    const __m512i j = _mm512_sub_epi32(pos, _mm512_set1_epi32(1));
-    const __m512 mid = lut<256>(j, s.mid);
-    const __mmask16 odd = _mm512_test_epi32_mask(pos, _mm512_set1_epi32(1));
-    const __mmask16 gt = _mm512_cmp_ps_mask(x, mid, _CMP_GT_OQ), ge = _mm512_cmp_ps_mask(x, mid, _CMP_GE_OQ);
-    const __mmask16 up = static_cast<__mmask16>((odd & gt) | (~odd & ge));
-    const __m512i r = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
-    return _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(pos, pos), r);
+    const __m512 l0 = _mm512_set1_ps(s.level[0][0]);
+    step([&](__m512i) { return l0; }, 0, 128);
+    for (int l = 1; l <= 4; ++l) {
+        const __m512 t = _mm512_load_ps(s.level[l]);
+        step([&](__m512i i) { return _mm512_permutexvar_ps(i, t); }, 8 - l, 128 >> l);
+    }
+    step([&](__m512i i) { return lut32(i, s.level[5]); }, 3, 4);
+    step([&](__m512i i) { return lut<64>(i, s.level[6]); }, 2, 2);
+    step([&](__m512i i) { return lut<128>(i, s.level[7]); }, 1, 1);
+    for (int k = 0; k < N; ++k) {
+        // pos = k' in [0, 255]; M[k' - 1] = (c[k'] + c[k' - 1]) * 0.5f, as bitsandbytes rounds it
+        const __m512i j = _mm512_sub_epi32(pos[k], _mm512_set1_epi32(1));
+        const __m512 mid = _mm512_mul_ps(_mm512_add_ps(hi[k], lo[k]), _mm512_set1_ps(0.5f));
+        const __mmask16 odd = _mm512_test_epi32_mask(pos[k], _mm512_set1_epi32(1));
+        const __mmask16 gt = _mm512_cmp_ps_mask(x[k], mid, _CMP_GT_OQ), ge = _mm512_cmp_ps_mask(x[k], mid, _CMP_GE_OQ);
+        const __mmask16 up = static_cast<__mmask16>((odd & gt) | (~odd & ge));
+        const __m512i v = _mm512_mask_add_epi32(j, up, j, _mm512_set1_epi32(1));
+        r[k] = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(pos[k], pos[k]), v);
+    }
 }
 
-template <qlora_dtype D>
+template <qlora_dtype D, int N>
 void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, int64_t b1, uint8_t * q,
                    float * absmax) {
     const char * base = static_cast<const char *>(x);
@@ -361,11 +370,22 @@ void q8_quantize_t(const void * x, int32_t bs, const Q8Search & s, int64_t b0, i
         block_absmax<D>(p, bs, m);
         absmax[b] = m;
         const __m512 inv = _mm512_set1_ps(m > 0.0f ? 1.0f / m : 0.0f);
-        for (int64_t i = 0; i < bs; i += 16) {
-            const __m512i r = dquantize16(_mm512_mul_ps(load16<D>(p + i * esize<D>()), inv), s);
-            _mm_storeu_si128(reinterpret_cast<__m128i *>(q + b * bs + i), _mm512_cvtepi32_epi8(r));
+        for (int64_t i = 0; i < bs; i += 16 * N) {
+            __m512 xn[N];
+            __m512i r[N];
+            for (int k = 0; k < N; ++k) xn[k] = _mm512_mul_ps(load16<D>(p + (i + 16 * k) * esize<D>()), inv);
+            dquantize<N>(xn, r, s);
+            for (int k = 0; k < N; ++k)
+                _mm_storeu_si128(reinterpret_cast<__m128i *>(q + b * bs + i + 16 * k), _mm512_cvtepi32_epi8(r[k]));
         }
     }
+}
+
+template <qlora_dtype D>
+void q8_quantize_d(const void * x, int32_t bs, const Q8Search & s, int64_t b0, int64_t b1, uint8_t * q,
+                   float * absmax) {
+    if (bs % 64 == 0) q8_quantize_t<D, 4>(x, bs, s, b0, b1, q, absmax);
+    else q8_quantize_t<D, 2>(x, bs, s, b0, b1, q, absmax);
 }
 
 template <qlora_dtype D, bool HW>
@@ -400,12 +420,15 @@ bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32
 }
 
 void q4_dequantize(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
-                   int64_t b1, void * out, qlora_dtype dtype, bool stream, bool hw_bf16) {
-    if (stream) {
-        dequant<true>(packed, code16, scales, bs, b0, b1, out, dtype, hw_bf16);
-        _mm_sfence(); // order the non-temporal stores before the pool's completion signal
-    } else {
-        dequant<false>(packed, code16, scales, bs, b0, b1, out, dtype, hw_bf16);
+                   int64_t b1, void * out, qlora_dtype dtype, bool hw_bf16) {
+    uint16_t * o16 = static_cast<uint16_t *>(out);
+    switch (dtype) {
+        case QLORA_DTYPE_F16: dequant_16<QLORA_DTYPE_F16, false>(packed, code16, scales, bs, b0, b1, o16); break;
+        case QLORA_DTYPE_BF16:
+            if (hw_bf16) dequant_16<QLORA_DTYPE_BF16, true>(packed, code16, scales, bs, b0, b1, o16);
+            else dequant_16<QLORA_DTYPE_BF16, false>(packed, code16, scales, bs, b0, b1, o16);
+            break;
+        default: dequant_f32(packed, code16, scales, bs, b0, b1, static_cast<float *>(out)); break;
     }
 }
 
@@ -432,9 +455,9 @@ void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales) {
 void q8_quantize(const void * x, qlora_dtype dtype, int32_t bs, const Q8Search & search, int64_t b0, int64_t b1,
                  uint8_t * q, float * absmax) {
     switch (dtype) {
-        case QLORA_DTYPE_F16: q8_quantize_t<QLORA_DTYPE_F16>(x, bs, search, b0, b1, q, absmax); break;
-        case QLORA_DTYPE_BF16: q8_quantize_t<QLORA_DTYPE_BF16>(x, bs, search, b0, b1, q, absmax); break;
-        default: q8_quantize_t<QLORA_DTYPE_F32>(x, bs, search, b0, b1, q, absmax); break;
+        case QLORA_DTYPE_F16: q8_quantize_d<QLORA_DTYPE_F16>(x, bs, search, b0, b1, q, absmax); break;
+        case QLORA_DTYPE_BF16: q8_quantize_d<QLORA_DTYPE_BF16>(x, bs, search, b0, b1, q, absmax); break;
+        default: q8_quantize_d<QLORA_DTYPE_F32>(x, bs, search, b0, b1, q, absmax); break;
     }
 }
 

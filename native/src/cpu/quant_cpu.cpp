@@ -3,13 +3,13 @@
 // tensor); each range runs the best kernel the context's ISA level allows on
 // its whole blocks, and the scalar reference on a trailing partial block.
 #include "core/context.hpp"
-#include "core/half.hpp"
 #include "cpu/quant_simd.hpp"
 #include "quant/kernels.hpp"
 #include "quant/q4_tensor.hpp"
 #include "quant/tables.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -22,9 +22,31 @@ bool make_q8_search(const float * code, Q8Search & out) {
         const int step = 128 >> l;
         for (int m = 0; m < 128; ++m) out.level[l][m] = m < (1 << l) ? code[m * 2 * step + step - 1] : 0.0f;
     }
-    for (int j = 0; j < 255; ++j) out.mid[j] = (code[j + 1] + code[j]) * 0.5f;
-    out.mid[255] = 0.0f;
+    out.top = code[255];
     return true;
+}
+
+const Nf4Buckets & nf4_buckets() {
+    static const Nf4Buckets table = [] {
+        Nf4Buckets b;
+        const float * t = nf4_thresholds();
+        const double margin = 1e-3 / 16; // 1/1000 of a bucket; fp32 rounding of x * 16 + 16 is < 2^-18 of one
+        for (int j = 0; j < 32; ++j) {
+            const double lo = j == 0 ? -INFINITY : (j / 16.0 - 1.0) - margin;
+            const double hi = j == 31 ? INFINITY : ((j + 1) / 16.0 - 1.0) + margin;
+            int below = 0, inside = 0;
+            float cand = INFINITY;
+            for (int i = 0; i < 15; ++i) {
+                if (t[i] < lo) ++below;
+                else if (t[i] <= hi) { ++inside; cand = t[i]; }
+            }
+            b.cand[j] = cand;
+            b.base[j] = below;
+            b.most = std::max(b.most, inside);
+        }
+        return b;
+    }();
+    return table;
 }
 
 namespace {
@@ -49,19 +71,9 @@ Level level_of(const qlora_context & ctx) {
 constexpr int64_t kGrainElements = 16384;
 int64_t grain_blocks(int32_t blocksize) { return std::max<int64_t>(1, kGrainElements / blocksize); }
 
-// Outputs at least this large are written with non-temporal stores: they do
-// not fit the cache anyway, and streaming saves the read-for-ownership of
-// every destination line (what a large memcpy does).
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
-bool use_streaming(const void * out, int64_t bytes) {
-    return bytes >= kStreamBytes && reinterpret_cast<uintptr_t>(out) % 64 == 0;
-}
-
-size_t dtype_bytes(qlora_dtype dtype) { return dtype == QLORA_DTYPE_F32 ? 4 : 2; }
-
-// Portable fused absmax + codes of whole blocks (for the SCALAR level): one
-// pass over the bit patterns for absmax and finiteness, then the reference
-// quantizer on the block (still in L1).
+// Portable quantize of whole blocks (the SCALAR level): finiteness, absmax
+// and codes block by block with the reference functions, so each block comes
+// from memory once and the later passes over it hit L1.
 bool q4_quantize_portable(const void * x, qlora_dtype dtype, const Q4Shape & s, int64_t b0, int64_t b1,
                           float * absmax, uint8_t * packed) {
     bool finite = true;
@@ -110,7 +122,6 @@ void q4_dequantize(qlora_context & ctx, const qlora_q4_tensor & t, void * out, q
     const Level lvl = level_of(ctx);
     const Q4Shape s{t.numel(), t.blocksize, t.quant_type};
     const int64_t nb = s.n_blocks(), whole = s.numel / s.blocksize;
-    const bool stream = use_streaming(out, s.numel * static_cast<int64_t>(dtype_bytes(dtype)));
     const DqSource dq{t.qabsmax.data(), t.nested_absmax.data(), t.nested_blocksize, t.nested_code, t.nested_offset};
     // Scales are decoded per chunk of blocks into a small buffer that stays in L1.
     constexpr int64_t kChunk = 512;
@@ -138,11 +149,11 @@ void q4_dequantize(qlora_context & ctx, const qlora_q4_tensor & t, void * out, q
                 switch (lvl) {
 #if defined(QLORA_X86)
                     case Level::Avx2:
-                        avx2::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype, stream);
+                        avx2::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype);
                         break;
                     case Level::Avx512:
                     case Level::Avx512Bf16:
-                        avx512::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype, stream,
+                        avx512::q4_dequantize(t.packed.data(), t.code, scales, s.blocksize, c0, w1, out, dtype,
                                               lvl == Level::Avx512Bf16);
                         break;
 #endif

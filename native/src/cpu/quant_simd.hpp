@@ -24,13 +24,30 @@ namespace qlora::cpu {
 // neighbours (its in-order neighbours) as bracketing entries. k itself is a
 // branch-free lower-bound search with steps 128..1; level l (0..7) of that
 // search reads c[m * 2s + s - 1] with s = 128 >> l and m = pos >> (8 - l).
+// The kernels keep the last entry below x and the last one not below it as
+// they go: at the end those are c[k - 1] and c[k] (c[255] if no step went
+// down), the operands of M[k - 1].
 struct Q8Search {
     alignas(64) float level[8][128]; // level[l][m], 1 << l entries used
-    alignas(64) float mid[256];      // M[0..254]; M[255] unused
+    float top;                       // c[255]
 };
 // Fills `out` from `code256`; false if the map is not non-decreasing (the
 // derivation above needs it), in which case callers use the scalar search.
 bool make_q8_search(const float * code256, Q8Search & out);
+
+// Bucketed NF4 coder (AVX-512). [-1, 1] is cut into 32 buckets of width
+// 1/16, narrower than the smallest gap between the NF4 thresholds (0.0805),
+// so a bucket widened by a margin far above any fp32 rounding holds at most
+// one threshold. For x in bucket j the code (#thresholds < x) is then
+//   base[j] + (x > cand[j]),
+// with j = trunc(clamp(x * 16 + 16, 0, 31.5)) (NaN -> bucket 0 -> code 0,
+// +-inf -> the end buckets, as the scalar count gives).
+struct Nf4Buckets {
+    alignas(64) float   cand[32]; // the threshold in widened bucket j, or +inf
+    alignas(64) int32_t base[32]; // thresholds below widened bucket j
+    int most = 0;                 // most thresholds in one widened bucket (the scheme needs <= 1)
+};
+const Nf4Buckets & nf4_buckets();
 
 // Where the fp32 scales of double-quantized blocks come from.
 struct DqSource {
@@ -43,14 +60,17 @@ struct DqSource {
 
 #if defined(QLORA_X86)
 // Both namespaces have the same kernels. Block ranges [b0, b1) hold whole
-// blocks only; `stream` needs a 64-byte aligned `out`.
+// blocks only. Outputs are written with ordinary stores: on the Zen VM this
+// was built on, non-temporal stores measured slower (one core filling 180 MB:
+// 6.7-10 GB/s streamed, 10-28 GB/s ordinary), and the next op usually reads
+// the output.
 namespace avx2 {
 // Fused absmax + codes; false if a block holds NaN or Inf.
 bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32_t bs, int64_t b0, int64_t b1,
                  float * absmax, uint8_t * packed);
-// scales[b - b0] is the fp32 scale of block b; `stream`: non-temporal stores.
+// scales[b - b0] is the fp32 scale of block b.
 void q4_dequantize(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
-                   int64_t b1, void * out, qlora_dtype dtype, bool stream);
+                   int64_t b1, void * out, qlora_dtype dtype);
 void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales);
 // x must be finite.
 void q8_quantize(const void * x, qlora_dtype dtype, int32_t bs, const Q8Search & search, int64_t b0, int64_t b1,
@@ -68,9 +88,9 @@ namespace avx512 {
 // Fused absmax + codes; false if a block holds NaN or Inf.
 bool q4_quantize(const void * x, qlora_dtype dtype, qlora_quant_type type, int32_t bs, int64_t b0, int64_t b1,
                  float * absmax, uint8_t * packed);
-// scales[b - b0] is the fp32 scale of block b; `stream`: non-temporal stores.
+// scales[b - b0] is the fp32 scale of block b.
 void q4_dequantize(const uint8_t * packed, const float * code16, const float * scales, int32_t bs, int64_t b0,
-                   int64_t b1, void * out, qlora_dtype dtype, bool stream, bool hw_bf16);
+                   int64_t b1, void * out, qlora_dtype dtype, bool hw_bf16);
 void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales);
 // x must be finite.
 void q8_quantize(const void * x, qlora_dtype dtype, int32_t bs, const Q8Search & search, int64_t b0, int64_t b1,

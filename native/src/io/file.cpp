@@ -162,6 +162,7 @@ std::string read_small_file(const std::string & path, uint64_t max_bytes, const 
     if (f.size() > max_bytes)
         fail(QLORA_ERROR_FORMAT, "%s: %s is %llu bytes; the limit is %llu", path.c_str(), what,
              static_cast<unsigned long long>(f.size()), static_cast<unsigned long long>(max_bytes));
+    if (f.size() == 0) return std::string();
     return std::string(reinterpret_cast<const char *>(f.data()), static_cast<size_t>(f.size()));
 }
 

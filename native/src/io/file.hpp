@@ -3,6 +3,7 @@
 // QLORA_ERROR_IO and a message holding the path and the errno text.
 #pragma once
 
+#include "core/error.hpp"
 #include "qlora.h"
 
 #include <cstddef>

@@ -212,7 +212,7 @@ QLORA_API qlora_status qlora_llama2c_model_weight(qlora_llama2c_model_t model, q
                                                   int32_t layer, qlora_view * out) {
     return QLORA_GUARD({
         const auto & m = checked_model(model);
-        const int w = static_cast<int>(which);
+        const int w = raw_enum(which);
         QLORA_CHECK_ARG(w >= 0 && w < 12, "which must be a qlora_llama2c_weight (0..11), got %d", w);
         const auto & L = m.layout;
         const int32_t nl = L.config.n_layers;

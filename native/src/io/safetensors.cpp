@@ -237,10 +237,9 @@ namespace {
 void check_params(const qlora_safetensors_params * params) {
     QLORA_CHECK_NOT_NULL(params);
     const qlora_safetensors_params * p = params;
-    QLORA_CHECK_ARG(p->access == QLORA_ACCESS_NORMAL || p->access == QLORA_ACCESS_SEQUENTIAL ||
-                        p->access == QLORA_ACCESS_RANDOM,
-                    "params->access must be QLORA_ACCESS_NORMAL, _SEQUENTIAL or _RANDOM, got %d",
-                    static_cast<int>(p->access));
+    const int32_t access = raw_enum(p->access);
+    QLORA_CHECK_ARG(access == QLORA_ACCESS_NORMAL || access == QLORA_ACCESS_SEQUENTIAL || access == QLORA_ACCESS_RANDOM,
+                    "params->access must be QLORA_ACCESS_NORMAL, _SEQUENTIAL or _RANDOM, got %d", access);
     QLORA_CHECK_ARG(p->max_header_bytes >= 2, "params->max_header_bytes must be >= 2, got %lld",
                     static_cast<long long>(p->max_header_bytes));
 }

@@ -32,8 +32,9 @@ qlora_safetensors_writer::Entry make_entry(const char * name, const qlora_view *
     QLORA_CHECK_ARG(name[0] != '\0', "name must not be empty");
     QLORA_CHECK_ARG(std::strcmp(name, "__metadata__") != 0, "\"__metadata__\" is reserved and cannot name a tensor");
     QLORA_CHECK_ARG(data != nullptr, "data must not be NULL (tensor '%s')", name);
-    QLORA_CHECK_ARG(st_dtype_name(data->dtype) != nullptr, "tensor '%s': data has unknown dtype %d", name,
-                    static_cast<int>(data->dtype));
+    const int32_t dtype = raw_enum(data->dtype);
+    QLORA_CHECK_ARG(dtype >= QLORA_DTYPE_F32 && dtype <= QLORA_DTYPE_F8_E5M2, "tensor '%s': data has unknown dtype %d",
+                    name, dtype);
     QLORA_CHECK_ARG(data->data != nullptr, "tensor '%s': data.data must not be NULL", name);
     QLORA_CHECK_ARG(data->device == QLORA_DEVICE_HOST, "tensor '%s': data is on device %d; the writer needs host memory",
                     name, data->device);

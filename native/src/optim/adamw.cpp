@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <optional>
 
 #include <fcntl.h>
@@ -193,7 +194,10 @@ void qlora_adamw::add_buffer(int64_t numel) {
     b.numel = numel;
     b.n_blocks = (numel + kBlock - 1) / kBlock;
     b.n_chunks = (b.n_blocks + blocks_per_chunk_ - 1) / blocks_per_chunk_;
-    b.storage_bytes = (b.n_chunks - 1) * chunk_stride_ + chunk_blocks(b, b.n_chunks - 1) * block_bytes_;
+    // Paged: whole pages (a page is the unit of residency, so this is what a
+    // budget must cover); unpaged: exactly the blocks.
+    b.storage_bytes = pager ? b.n_chunks * chunk_stride_
+                            : (b.n_chunks - 1) * chunk_stride_ + chunk_blocks(b, b.n_chunks - 1) * block_bytes_;
     if (pager) {
         b.alloc_id = pager->alloc(b.storage_bytes); // zero-filled
     } else {
@@ -295,25 +299,80 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
     const int64_t t = steps_done + 1;
     const StepConsts consts = step_consts(params, t, gscale);
     const bool eight = params.state == QLORA_OPTIM_STATE_8BIT;
-    try {
-        for (size_t i = 0; i < nb; ++i) {
-            const Buffer & b = buffers[i];
-            for (int64_t c = 0; c < b.n_chunks; ++c) {
-                const int64_t blocks = chunk_blocks(b, c);
-                const int64_t e0 = c * blocks_per_chunk_ * kBlock;
-                const int64_t elems = std::min(b.numel - e0, blocks * kBlock);
-                ChunkAccess chunk(*this, b, c, QLORA_PAGER_READ_WRITE);
-                uint8_t * st = chunk.data();
-                float * pc = p[i] + e0;
-                const float * gc = g[i] + e0;
-                ctx.threads().parallel_for(blocks, 8, [&](int64_t b0, int64_t b1, int) {
-                    const int64_t n = std::min(elems, b1 * kBlock) - b0 * kBlock;
+    // Chunks are updated in groups: all of a buffer at once when unpaged (its
+    // blocks are contiguous), else up to half the budget's pages pinned at a
+    // time (at least one). Paged, the next group is pinned (paged in) on a
+    // helper thread while the thread pool updates the current one, when two
+    // groups fit in the budget. Results do not depend on any of this.
+    const int64_t group = pager ? std::clamp<int64_t>(pager->budget_bytes() / pager->page_bytes() / 2, 1, 8)
+                                : INT64_MAX;
+    struct Group {
+        size_t  buf;
+        int64_t c0, c1;
+    };
+    std::vector<Group> groups;
+    for (size_t i = 0; i < nb; ++i)
+        for (int64_t c0 = 0; c0 < buffers[i].n_chunks; c0 += std::min(group, buffers[i].n_chunks - c0))
+            groups.push_back({i, c0, c0 + std::min(group, buffers[i].n_chunks - c0)});
+    using Pins = std::vector<std::unique_ptr<ChunkAccess>>;
+    auto pin = [this](const Buffer & b, int64_t c0, int64_t c1) {
+        Pins pins;
+        for (int64_t c = c0; c < c1; ++c) pins.push_back(std::make_unique<ChunkAccess>(*this, b, c, QLORA_PAGER_READ_WRITE));
+        return pins;
+    };
+    auto update = [&](const Group & gr, const Pins & pins) {
+        const Buffer & b = buffers[gr.buf];
+        struct Piece {
+            uint8_t * st;
+            int64_t   block0; // first block of the piece in the buffer
+            int64_t   blocks;
+        };
+        std::vector<Piece> pieces;
+        if (pager) {
+            for (int64_t c = gr.c0; c < gr.c1; ++c)
+                pieces.push_back({pins[static_cast<size_t>(c - gr.c0)]->data(), c * blocks_per_chunk_, chunk_blocks(b, c)});
+        } else {
+            // Unpaged chunks are back to back: one piece.
+            pieces.push_back({const_cast<uint8_t *>(b.host.data()) + chunk_offset(gr.c0), gr.c0 * blocks_per_chunk_,
+                              (gr.c1 - gr.c0 - 1) * blocks_per_chunk_ + chunk_blocks(b, gr.c1 - 1)});
+        }
+        int64_t total = 0;
+        for (const Piece & pc : pieces) total += pc.blocks;
+        float * pb = p[gr.buf];
+        const float * gb = g[gr.buf];
+        ctx.threads().parallel_for(total, 8, [&](int64_t b0, int64_t b1, int) {
+            int64_t base = 0;
+            for (const Piece & pc : pieces) {
+                const int64_t lo = std::max(b0, base), hi = std::min(b1, base + pc.blocks);
+                if (lo < hi) {
+                    const int64_t e0 = (pc.block0 + (lo - base)) * kBlock;
+                    const int64_t n = std::min(b.numel, (pc.block0 + (hi - base)) * kBlock) - e0;
+                    uint8_t * st = pc.st + (lo - base) * block_bytes_;
                     if (eight)
-                        k.adamw8(consts, pc + b0 * kBlock, gc + b0 * kBlock, n, st + b0 * block_bytes_);
+                        k.adamw8(consts, pb + e0, gb + e0, n, st);
                     else
-                        k.adamw32(consts, pc + b0 * kBlock, gc + b0 * kBlock, n, st + b0 * block_bytes_);
-                });
+                        k.adamw32(consts, pb + e0, gb + e0, n, st);
+                }
+                base += pc.blocks;
             }
+        });
+    };
+    try {
+        const bool overlap = pager && pager->budget_bytes() / pager->page_bytes() >= 2 * group;
+        if (!pager) {
+            for (const Group & gr : groups) update(gr, Pins{});
+        } else if (!overlap) { // a budget of one page: no room to pin ahead
+            for (const Group & gr : groups) update(gr, pin(buffers[gr.buf], gr.c0, gr.c1));
+        } else {
+            auto pin_async = [&](const Group & gr) {
+                return std::async(std::launch::async, pin, std::cref(buffers[gr.buf]), gr.c0, gr.c1);
+            };
+            std::future<Pins> next = pin_async(groups[0]);
+            for (size_t q = 0; q < groups.size(); ++q) {
+                Pins current = next.get();
+                if (q + 1 < groups.size()) next = pin_async(groups[q + 1]);
+                update(groups[q], current);
+            } // `current` releases its pages here, before the next group is taken
         }
     } catch (const Error & e) {
         failure = "step " + std::to_string(t) + ": " + e.what();

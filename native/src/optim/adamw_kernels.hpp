@@ -36,6 +36,22 @@ const float * unsigned_dynamic_map();
 // create_dynamic_map(signed=True) (quant/tables.hpp), for m.
 const float * signed_state_map();
 
+// bitsandbytes' dQuantize on a sorted 256-entry map, restated for SIMD
+// lookups without gathers. Its binary search visits odd entries only: at
+// level L (0..6) the node after decisions j (L bits, MSB first) is
+// code[(2j + 1) * 2^(7-L) - 1], and x > node sends it right (j = 2j + 1).
+// It ends on the even index 2j (j < 128); the final fp32 midpoint tests
+// against the neighbours give q = 2j + [x > up[j]] - [x < down[j]] with
+// up[j] = (code[2j+1] + code[2j]) * 0.5f, down[j] = (code[2j-1] + code[2j]) * 0.5f
+// (down[0] = -inf). Bit-identical to quantize_dynamic (tested).
+struct alignas(64) SearchTables {
+    float level[128]; // level[(2^L - 1) + j]: the node of level L after decisions j; [127] unused
+    float up[128];
+    float down[128];
+};
+// Tables of the signed (map 0) and unsigned (map 1) state maps.
+const SearchTables & search_tables(int map);
+
 using Adamw32Fn = void (*)(const StepConsts &, float * p, const float * g, int64_t n, uint8_t * state);
 using Adamw8Fn = void (*)(const StepConsts &, float * p, const float * g, int64_t n, uint8_t * state);
 using SumSqFn = double (*)(const float * g, int64_t n);
@@ -52,6 +68,9 @@ double sumsq(const float * g, int64_t n);
 } // namespace qlora::ref
 
 namespace qlora::cpu {
+// The SIMD quantizers alone, for tests: q[i] = quantize_dynamic(map, x[i]).
+void   quantize_map_avx2(int map, const float * x, int64_t n, uint8_t * q);
+void   quantize_map_avx512(int map, const float * x, int64_t n, uint8_t * q);
 void   adamw32_avx2(const optim::StepConsts & c, float * p, const float * g, int64_t n, uint8_t * state);
 void   adamw8_avx2(const optim::StepConsts & c, float * p, const float * g, int64_t n, uint8_t * state);
 double sumsq_avx2(const float * g, int64_t n);

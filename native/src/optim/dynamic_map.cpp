@@ -3,6 +3,7 @@
 #include "quant/tables.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 namespace qlora::optim {
@@ -47,5 +48,25 @@ const float * unsigned_dynamic_map() {
 }
 
 const float * signed_state_map() { return signed_dynamic_map(); }
+
+namespace {
+SearchTables make_search_tables(const float * code) {
+    SearchTables t{};
+    for (int L = 0; L < 7; ++L)
+        for (int j = 0; j < (1 << L); ++j) t.level[(1 << L) - 1 + j] = code[(2 * j + 1) * (1 << (7 - L)) - 1];
+    t.level[127] = 0.0f;
+    for (int j = 0; j < 128; ++j) {
+        t.up[j] = (code[2 * j + 1] + code[2 * j]) * 0.5f;
+        t.down[j] = j == 0 ? -std::numeric_limits<float>::infinity() : (code[2 * j - 1] + code[2 * j]) * 0.5f;
+    }
+    return t;
+}
+} // namespace
+
+const SearchTables & search_tables(int map) {
+    static const SearchTables t0 = make_search_tables(signed_state_map());
+    static const SearchTables t1 = make_search_tables(unsigned_dynamic_map());
+    return map == 0 ? t0 : t1;
+}
 
 } // namespace qlora::optim

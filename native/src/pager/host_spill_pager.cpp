@@ -63,7 +63,7 @@ int64_t pwrite_full(int fd, const uint8_t * p, int64_t len, int64_t off) {
 } // namespace
 
 HostSpillPager::HostSpillPager(const qlora_pager_params & params)
-    : budget_(params.budget_bytes), page_bytes_(params.page_bytes) {
+    : budget_(params.budget_bytes), page_bytes_(params.page_bytes), max_frames_(params.budget_bytes / params.page_bytes) {
     const std::string dir = params.spill_dir ? std::string(params.spill_dir) : default_spill_dir();
     QLORA_CHECK_ARG(!dir.empty(), "spill_dir must not be empty");
     std::error_code ec;
@@ -82,7 +82,8 @@ HostSpillPager::HostSpillPager(const qlora_pager_params & params)
 
 HostSpillPager::~HostSpillPager() {
     for (auto & kv : allocs_)
-        if (kv.second.base) ::munmap(kv.second.base, kv.second.map_bytes);
+        for (auto & pg : kv.second.pages)
+            if (pg.frame) free_frame(pg.frame);
     if (fd_ >= 0) {
         ::close(fd_);
         ::unlink(path_.c_str()); // may already be gone with its directory
@@ -101,33 +102,34 @@ const HostSpillPager::Allocation & HostSpillPager::find(int64_t id, const char *
     return const_cast<HostSpillPager *>(this)->find(id, what);
 }
 
-void HostSpillPager::check_range(const Allocation & a, int64_t id, int64_t offset, int64_t bytes) const {
-    QLORA_CHECK_ARG(offset >= 0 && bytes >= 1 && offset <= a.bytes && bytes <= a.bytes - offset,
-                    "range [offset %lld, + %lld bytes) is outside allocation %lld of %lld bytes",
-                    static_cast<long long>(offset), static_cast<long long>(bytes), static_cast<long long>(id),
-                    static_cast<long long>(a.bytes));
-}
-
 int64_t HostSpillPager::page_len(const Allocation & a, int64_t page) const {
     return std::min(page_bytes_, a.bytes - page * page_bytes_);
+}
+
+uint8_t * HostSpillPager::new_frame() {
+    void * p = ::mmap(nullptr, static_cast<size_t>(page_bytes_), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    if (p == MAP_FAILED) {
+        const int err = errno;
+        fail(QLORA_ERROR_OUT_OF_MEMORY, "cannot allocate a page frame of %lld bytes: %s",
+             static_cast<long long>(page_bytes_), errno_text(err).c_str());
+    }
+    ++frames_;
+    peak_frames_ = std::max(peak_frames_, frames_);
+    return static_cast<uint8_t *>(p);
+}
+
+void HostSpillPager::free_frame(uint8_t * frame) {
+    ::munmap(frame, static_cast<size_t>(page_bytes_));
+    --frames_;
 }
 
 int64_t HostSpillPager::alloc(int64_t bytes) {
     QLORA_CHECK_ARG(bytes >= 1 && bytes <= (INT64_C(1) << 46), "bytes must be in [1, 2^46], got %lld",
                     static_cast<long long>(bytes));
-    const int64_t n_pages = (bytes + page_bytes_ - 1) / page_bytes_;
-    const size_t map_bytes = static_cast<size_t>(n_pages * page_bytes_);
     Allocation a;
     a.bytes = bytes;
-    a.pages.resize(static_cast<size_t>(n_pages));
-    void * p = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) {
-        const int err = errno;
-        fail(QLORA_ERROR_OUT_OF_MEMORY, "cannot reserve %zu bytes of address space: %s", map_bytes,
-             errno_text(err).c_str());
-    }
-    a.base = static_cast<uint8_t *>(p);
-    a.map_bytes = map_bytes;
+    a.pages.resize(static_cast<size_t>((bytes + page_bytes_ - 1) / page_bytes_));
     std::lock_guard<std::mutex> lock(mutex_);
     const int64_t id = next_id_++;
     allocs_.emplace(id, std::move(a));
@@ -141,15 +143,13 @@ void HostSpillPager::dealloc(int64_t id) {
     for (size_t i = 0; i < a.pages.size(); ++i)
         QLORA_CHECK_ARG(a.pages[i].pins == 0, "allocation %lld still has page %zu acquired (%d pins)",
                         static_cast<long long>(id), i, a.pages[i].pins);
-    for (size_t i = 0; i < a.pages.size(); ++i) {
-        Page & pg = a.pages[i];
-        if (pg.resident) {
+    for (Page & pg : a.pages) {
+        if (pg.frame) {
             lru_.erase(pg.lru);
-            resident_ -= page_len(a, static_cast<int64_t>(i));
+            free_frame(pg.frame);
         }
         if (pg.slot >= 0) free_slots_.push_back(pg.slot);
     }
-    ::munmap(a.base, a.map_bytes);
     allocated_ -= a.bytes;
     allocs_.erase(id);
 }
@@ -166,16 +166,9 @@ void HostSpillPager::check_file_alive(const char * doing) const {
              path_.c_str());
 }
 
-void HostSpillPager::discard(uint8_t * ptr, int64_t len) {
-    // Anonymous private memory: the next touch sees zeros, and the physical
-    // pages go back to the system now.
-    ::madvise(ptr, static_cast<size_t>(len), MADV_DONTNEED);
-}
-
 void HostSpillPager::write_out(int64_t id, int64_t page_index, Allocation & a, Page & pg) {
     check_file_alive("write a page out");
     const int64_t len = page_len(a, page_index);
-    const uint8_t * ptr = a.base + page_index * page_bytes_;
     const bool new_slot = pg.slot < 0;
     int64_t slot = pg.slot;
     if (new_slot) {
@@ -186,9 +179,9 @@ void HostSpillPager::write_out(int64_t id, int64_t page_index, Allocation & a, P
             slot = next_slot_++;
         }
     }
-    const uint32_t crc = crc32c(ptr, static_cast<size_t>(len));
+    const uint32_t crc = crc32c(pg.frame, static_cast<size_t>(len));
     const int64_t off = slot * page_bytes_;
-    const int64_t r = pwrite_full(fd_, ptr, len, off);
+    const int64_t r = pwrite_full(fd_, pg.frame, len, off);
     if (r < 0) {
         if (new_slot) free_slots_.push_back(slot);
         fail(QLORA_ERROR_IO, "cannot write page %lld of allocation %lld (%lld bytes) to spill file '%s' at offset "
@@ -202,66 +195,62 @@ void HostSpillPager::write_out(int64_t id, int64_t page_index, Allocation & a, P
     bytes_out_ += len;
 }
 
-void HostSpillPager::evict(const PageRef & ref) {
+// Evicts an unpinned resident page: written out first if dirty (a failed
+// write throws and leaves it resident and dirty: nothing is lost). Its frame
+// goes to *frame_out, or back to the system with free_frame.
+void HostSpillPager::evict(const PageRef & ref, bool release, uint8_t ** frame_out) {
     Allocation & a = allocs_.at(ref.id);
     Page & pg = a.pages[static_cast<size_t>(ref.page)];
-    if (pg.dirty) write_out(ref.id, ref.page, a, pg); // throws: the page stays resident and dirty
-    const int64_t len = page_len(a, ref.page);
-    discard(a.base + ref.page * page_bytes_, len);
+    if (pg.dirty) write_out(ref.id, ref.page, a, pg);
     lru_.erase(pg.lru);
-    pg.resident = false;
-    resident_ -= len;
+    uint8_t * frame = pg.frame;
+    pg.frame = nullptr;
     ++evictions_;
+    if (release)
+        free_frame(frame);
+    else
+        *frame_out = frame;
 }
 
-void HostSpillPager::make_room(int64_t need) {
-    while (resident_ + need > budget_) {
-        if (lru_.empty())
-            fail(QLORA_ERROR_OUT_OF_MEMORY, "pager budget of %lld bytes exhausted: %lld bytes resident, all pinned",
-                 static_cast<long long>(budget_), static_cast<long long>(resident_));
-        const PageRef victim = lru_.front();
-        evict(victim);
-    }
+uint8_t * HostSpillPager::take_frame() {
+    if (frames_ < max_frames_) return new_frame();
+    if (lru_.empty())
+        fail(QLORA_ERROR_OUT_OF_MEMORY, "pager budget of %lld bytes (%lld frames of %lld bytes) exhausted: every "
+             "frame holds a pinned page", static_cast<long long>(budget_), static_cast<long long>(max_frames_),
+             static_cast<long long>(page_bytes_));
+    uint8_t * frame = nullptr;
+    evict(lru_.front(), false, &frame);
+    return frame;
 }
 
-void HostSpillPager::page_in(int64_t id, int64_t page_index, Allocation & a, Page & pg, bool skip_read) {
+void HostSpillPager::page_in(int64_t id, int64_t page_index, Allocation & a, uint8_t * frame, bool skip_read) {
+    Page & pg = a.pages[static_cast<size_t>(page_index)];
     const int64_t len = page_len(a, page_index);
-    uint8_t * ptr = a.base + page_index * page_bytes_;
     if (skip_read) {
-        // Overwritten by the caller: whatever the memory holds now (zeros after a
-        // discard) is replaced. The slot's copy is stale from here on.
+        // The caller overwrites the whole page; the slot's copy is stale from here on.
     } else if (pg.slot < 0) {
-        std::memset(ptr, 0, static_cast<size_t>(len)); // never written: zeros
+        std::memset(frame, 0, static_cast<size_t>(len)); // never written: zeros
     } else {
         check_file_alive("read a page back");
         const int64_t off = pg.slot * page_bytes_;
-        const int64_t r = pread_full(fd_, ptr, len, off);
-        if (r < 0) {
-            discard(ptr, len);
+        const int64_t r = pread_full(fd_, frame, len, off);
+        if (r < 0)
             fail(QLORA_ERROR_IO, "cannot read page %lld of allocation %lld from spill file '%s' at offset %lld: %s",
                  static_cast<long long>(page_index), static_cast<long long>(id), path_.c_str(),
                  static_cast<long long>(off), errno_text(static_cast<int>(-r)).c_str());
-        }
-        if (r < len) {
-            discard(ptr, len);
+        if (r < len)
             fail(QLORA_ERROR_IO, "short read of page %lld of allocation %lld from spill file '%s' at offset %lld: got "
                  "%lld of %lld bytes (the file was truncated)", static_cast<long long>(page_index),
                  static_cast<long long>(id), path_.c_str(), static_cast<long long>(off), static_cast<long long>(r),
                  static_cast<long long>(len));
-        }
-        const uint32_t crc = crc32c(ptr, static_cast<size_t>(len));
-        if (crc != pg.crc) {
-            discard(ptr, len);
+        const uint32_t crc = crc32c(frame, static_cast<size_t>(len));
+        if (crc != pg.crc)
             fail(QLORA_ERROR_FORMAT, "corrupted page %lld of allocation %lld in spill file '%s' at offset %lld: "
                  "CRC32C 0x%08x, expected 0x%08x", static_cast<long long>(page_index), static_cast<long long>(id),
                  path_.c_str(), static_cast<long long>(off), crc, pg.crc);
-        }
         ++page_ins_;
         bytes_in_ += len;
     }
-    pg.resident = true;
-    resident_ += len;
-    peak_ = std::max(peak_, resident_);
 }
 
 void * HostSpillPager::acquire(int64_t id, int64_t offset, int64_t bytes, qlora_pager_access access) {
@@ -269,99 +258,63 @@ void * HostSpillPager::acquire(int64_t id, int64_t offset, int64_t bytes, qlora_
                     "unknown access value %d", static_cast<int>(access));
     std::lock_guard<std::mutex> lock(mutex_);
     Allocation & a = find(id, "acquire");
-    check_range(a, id, offset, bytes);
-    const int64_t p0 = offset / page_bytes_, p1 = (offset + bytes - 1) / page_bytes_;
-
-    int64_t newly_pinned = 0;
-    for (int64_t p = p0; p <= p1; ++p)
-        if (a.pages[static_cast<size_t>(p)].pins == 0) newly_pinned += page_len(a, p);
-    if (pinned_ + newly_pinned > budget_)
-        fail(QLORA_ERROR_OUT_OF_MEMORY, "acquiring %lld bytes of allocation %lld would pin %lld bytes, more than the "
-             "budget of %lld bytes", static_cast<long long>(bytes), static_cast<long long>(id),
-             static_cast<long long>(pinned_ + newly_pinned), static_cast<long long>(budget_));
-
-    // Pin the resident pages first so that making room for the others cannot
-    // evict them; then bring the others in one by one.
-    std::vector<int64_t> pinned_here, not_read;
-    pinned_here.reserve(static_cast<size_t>(p1 - p0 + 1));
-    auto pin = [&](int64_t p) {
-        Page & pg = a.pages[static_cast<size_t>(p)];
-        if (pg.pins == 0) {
-            if (pg.resident) lru_.erase(pg.lru);
-            pinned_ += page_len(a, p);
+    QLORA_CHECK_ARG(offset >= 0 && bytes >= 1 && offset <= a.bytes && bytes <= a.bytes - offset,
+                    "range [offset %lld, + %lld bytes) is outside allocation %lld of %lld bytes",
+                    static_cast<long long>(offset), static_cast<long long>(bytes), static_cast<long long>(id),
+                    static_cast<long long>(a.bytes));
+    const int64_t p = offset / page_bytes_;
+    QLORA_CHECK_ARG((offset + bytes - 1) / page_bytes_ == p,
+                    "range [offset %lld, + %lld bytes) of allocation %lld crosses a page boundary: the host pager "
+                    "acquires within one page of %lld bytes at a time", static_cast<long long>(offset),
+                    static_cast<long long>(bytes), static_cast<long long>(id), static_cast<long long>(page_bytes_));
+    Page & pg = a.pages[static_cast<size_t>(p)];
+    if (!pg.frame) {
+        if (pinned_ + 1 > max_frames_)
+            fail(QLORA_ERROR_OUT_OF_MEMORY, "acquiring page %lld of allocation %lld would pin %lld pages of %lld bytes, "
+                 "more than the budget of %lld bytes holds", static_cast<long long>(p), static_cast<long long>(id),
+                 static_cast<long long>(pinned_ + 1), static_cast<long long>(page_bytes_),
+                 static_cast<long long>(budget_));
+        uint8_t * frame = take_frame(); // may evict (and throw before anything changed here)
+        const int64_t len = page_len(a, p);
+        const bool whole = access == QLORA_PAGER_OVERWRITE && offset == p * page_bytes_ && bytes == len;
+        try {
+            page_in(id, p, a, frame, whole);
+        } catch (...) {
+            free_frame(frame);
+            throw;
         }
-        ++pg.pins;
-        pinned_here.push_back(p);
-    };
-    try {
-        for (int64_t p = p0; p <= p1; ++p)
-            if (a.pages[static_cast<size_t>(p)].resident) pin(p);
-        for (int64_t p = p0; p <= p1; ++p) {
-            Page & pg = a.pages[static_cast<size_t>(p)];
-            if (pg.resident) continue;
-            const int64_t len = page_len(a, p);
-            make_room(len);
-            const bool whole = access == QLORA_PAGER_OVERWRITE && p * page_bytes_ >= offset &&
-                               p * page_bytes_ + len <= offset + bytes;
-            page_in(id, p, a, pg, whole);
-            if (whole) not_read.push_back(p);
-            // The page is resident and not yet on the LRU list: pin it.
-            pinned_ += len;
-            ++pg.pins;
-            pinned_here.push_back(p);
-        }
-    } catch (...) {
-        for (int64_t p : pinned_here) {
-            Page & pg = a.pages[static_cast<size_t>(p)];
-            if (--pg.pins == 0) {
-                pinned_ -= page_len(a, p);
-                pg.lru = lru_.insert(lru_.end(), PageRef{id, p});
-            }
-        }
-        // Pages made resident without reading them hold no valid contents:
-        // drop them again (their slot, if any, still has the right bytes).
-        for (int64_t p : not_read) {
-            Page & pg = a.pages[static_cast<size_t>(p)];
-            if (pg.pins > 0) continue;
-            const int64_t len = page_len(a, p);
-            discard(a.base + p * page_bytes_, len);
-            lru_.erase(pg.lru);
-            pg.resident = false;
-            resident_ -= len;
-        }
-        throw;
+        pg.frame = frame;
+    } else if (pg.pins == 0) {
+        lru_.erase(pg.lru);
     }
-    if (access != QLORA_PAGER_READ)
-        for (int64_t p = p0; p <= p1; ++p) a.pages[static_cast<size_t>(p)].dirty = true;
-    return a.base + offset;
+    if (pg.pins++ == 0) ++pinned_;
+    if (access != QLORA_PAGER_READ) pg.dirty = true;
+    return pg.frame + (offset - p * page_bytes_);
 }
 
 void HostSpillPager::release(int64_t id, int64_t offset, int64_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     Allocation & a = find(id, "release");
-    check_range(a, id, offset, bytes);
-    const int64_t p0 = offset / page_bytes_, p1 = (offset + bytes - 1) / page_bytes_;
-    for (int64_t p = p0; p <= p1; ++p)
-        QLORA_CHECK_ARG(a.pages[static_cast<size_t>(p)].pins > 0,
-                        "release of allocation %lld range [%lld, +%lld): page %lld is not acquired",
-                        static_cast<long long>(id), static_cast<long long>(offset), static_cast<long long>(bytes),
-                        static_cast<long long>(p));
-    for (int64_t p = p0; p <= p1; ++p) {
-        Page & pg = a.pages[static_cast<size_t>(p)];
-        if (--pg.pins == 0) {
-            pinned_ -= page_len(a, p);
-            pg.lru = lru_.insert(lru_.end(), PageRef{id, p});
-        }
+    QLORA_CHECK_ARG(offset >= 0 && bytes >= 1 && offset <= a.bytes && bytes <= a.bytes - offset &&
+                        (offset + bytes - 1) / page_bytes_ == offset / page_bytes_,
+                    "release of allocation %lld: range [offset %lld, + %lld bytes) was never acquired (outside the "
+                    "allocation of %lld bytes or across pages)", static_cast<long long>(id),
+                    static_cast<long long>(offset), static_cast<long long>(bytes), static_cast<long long>(a.bytes));
+    const int64_t p = offset / page_bytes_;
+    Page & pg = a.pages[static_cast<size_t>(p)];
+    QLORA_CHECK_ARG(pg.pins > 0, "release of allocation %lld range [%lld, +%lld): page %lld is not acquired",
+                    static_cast<long long>(id), static_cast<long long>(offset), static_cast<long long>(bytes),
+                    static_cast<long long>(p));
+    if (--pg.pins == 0) {
+        --pinned_;
+        pg.lru = lru_.insert(lru_.end(), PageRef{id, p});
     }
 }
 
 void HostSpillPager::trim(int64_t target_bytes) {
     QLORA_CHECK_ARG(target_bytes >= 0, "target_bytes must be >= 0, got %lld", static_cast<long long>(target_bytes));
     std::lock_guard<std::mutex> lock(mutex_);
-    while (resident_ > target_bytes && !lru_.empty()) {
-        const PageRef victim = lru_.front();
-        evict(victim);
-    }
+    while (frames_ * page_bytes_ > target_bytes && !lru_.empty()) evict(lru_.front(), true, nullptr);
 }
 
 qlora_pager_stats HostSpillPager::stats() const {
@@ -371,9 +324,9 @@ qlora_pager_stats HostSpillPager::stats() const {
     s.page_bytes = page_bytes_;
     s.allocations = static_cast<int64_t>(allocs_.size());
     s.allocated_bytes = allocated_;
-    s.resident_bytes = resident_;
-    s.peak_resident_bytes = peak_;
-    s.pinned_bytes = pinned_;
+    s.resident_bytes = frames_ * page_bytes_;
+    s.peak_resident_bytes = peak_frames_ * page_bytes_;
+    s.pinned_bytes = pinned_ * page_bytes_;
     s.page_ins = page_ins_;
     s.page_outs = page_outs_;
     s.evictions = evictions_;
@@ -386,7 +339,7 @@ qlora_pager_stats HostSpillPager::stats() const {
 void HostSpillPager::reset_stats() {
     std::lock_guard<std::mutex> lock(mutex_);
     page_ins_ = page_outs_ = evictions_ = bytes_in_ = bytes_out_ = 0;
-    peak_ = resident_;
+    peak_frames_ = frames_;
 }
 
 int64_t HostSpillPager::spill_offset(int64_t id, int64_t page) const {

@@ -43,6 +43,14 @@ void dq_scales(const uint8_t * qabsmax, const float * nested_absmax, int32_t nes
 int64_t find_nonfinite(const void * x, qlora_dtype dtype, int64_t i0, int64_t i1);
 } // namespace ref
 
+// bitsandbytes' compress_statistics on the fp32 block scales of a tensor:
+// returns offset = mean(absmax) and codes absmax - offset (computed in place,
+// so `absmax` is overwritten) 8-bit blockwise with `code256` into qabsmax
+// [n_blocks] and nested_absmax [ceil(n_blocks / nested_blocksize)]. Runs on
+// the context's backend; the result is the same on every backend.
+float double_quantize(qlora_context & ctx, float * absmax, int64_t n_blocks, int32_t nested_blocksize,
+                      const float * code256, uint8_t * qabsmax, float * nested_absmax);
+
 } // namespace qlora
 
 namespace qlora::cpu {

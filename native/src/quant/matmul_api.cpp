@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 using namespace qlora;
 
@@ -57,15 +58,19 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
         const ViewInfo yv = check_view(y, "y", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16});
         if (t.device != QLORA_DEVICE_HOST)
             fail(QLORA_ERROR_UNSUPPORTED, "w lives on device %d; the CPU matmul needs a host tensor", t.device);
-        QLORA_CHECK_ARG(params->op == QLORA_MATMUL_FORWARD || params->op == QLORA_MATMUL_BACKWARD,
+        // The caller may pass any int: read it as one (an out-of-range enum load is UB in C++).
+        int32_t op_value;
+        static_assert(sizeof(op_value) == sizeof(params->op), "qlora_matmul_op is int-sized");
+        std::memcpy(&op_value, &params->op, sizeof(op_value));
+        QLORA_CHECK_ARG(op_value == QLORA_MATMUL_FORWARD || op_value == QLORA_MATMUL_BACKWARD,
                         "params->op must be QLORA_MATMUL_FORWARD (0) or QLORA_MATMUL_BACKWARD (1), got %d",
-                        static_cast<int>(params->op));
+                        static_cast<int>(op_value));
         QLORA_CHECK_ARG(std::isfinite(params->alpha), "params->alpha must be finite, got %f",
                         static_cast<double>(params->alpha));
         QLORA_CHECK_ARG(std::isfinite(params->beta), "params->beta must be finite, got %f",
                         static_cast<double>(params->beta));
 
-        const bool fwd = params->op == QLORA_MATMUL_FORWARD;
+        const bool fwd = op_value == QLORA_MATMUL_FORWARD;
         const int64_t N = t.rows, K = t.cols;
         const int64_t red = fwd ? K : N, out = fwd ? N : K;
         const bool ok = xv.cols == red && yv.rows == xv.rows && yv.cols == out;
@@ -87,7 +92,7 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
             return;
         }
         MatmulArgs a{};
-        a.op = params->op;
+        a.op = fwd ? QLORA_MATMUL_FORWARD : QLORA_MATMUL_BACKWARD;
         a.M = xv.rows;
         a.N = N;
         a.K = K;

@@ -24,14 +24,17 @@ void check_blocksize(int32_t blocksize, const char * name) {
 
 namespace {
 
-void check_quant_type(qlora_quant_type type) {
-    QLORA_CHECK_ARG(type == QLORA_QUANT_NF4 || type == QLORA_QUANT_FP4 || type == QLORA_QUANT_INT4,
-                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(type));
+// Takes the enum's bytes, not its value: a caller across the C ABI can pass
+// any int, and loading an out-of-range value as the C++ enum type is UB.
+void check_quant_type(const qlora_quant_type * type) {
+    const int32_t v = raw_enum(*type);
+    QLORA_CHECK_ARG(v == QLORA_QUANT_NF4 || v == QLORA_QUANT_FP4 || v == QLORA_QUANT_INT4,
+                    "quant_type must be NF4 (0), FP4 (1) or INT4 (2), got %d", static_cast<int>(v));
 }
 
 void check_quant_params(const qlora_quant_params * p) {
     QLORA_CHECK_NOT_NULL(p);
-    check_quant_type(p->quant_type);
+    check_quant_type(&p->quant_type);
     check_blocksize(p->blocksize, "blocksize");
     if (p->double_quant) check_blocksize(p->nested_blocksize, "nested_blocksize");
 }
@@ -48,22 +51,6 @@ void q8_quantize_all(qlora_context & c, const void * x, qlora_dtype dtype, int64
     else cpu::q8_quantize(c, x, dtype, n, bs, code, q, absmax);
 }
 
-// Double quantization of the fp32 block scales (bitsandbytes compress_statistics):
-// offset = mean(absmax); (absmax - offset) 8-bit blockwise with the signed dynamic map.
-void double_quantize(qlora_context & c, const HostArray<float> & absmax, qlora_q4_tensor & t) {
-    const int64_t nb = t.n_blocks();
-    double sum = 0.0;
-    for (int64_t b = 0; b < nb; ++b) sum += absmax[static_cast<size_t>(b)];
-    t.nested_offset = static_cast<float>(sum / static_cast<double>(nb));
-    HostArray<float> centred(static_cast<size_t>(nb));
-    for (int64_t b = 0; b < nb; ++b) centred[static_cast<size_t>(b)] = absmax[static_cast<size_t>(b)] - t.nested_offset;
-    std::memcpy(t.nested_code, signed_dynamic_map(), sizeof(t.nested_code));
-    t.qabsmax.resize(static_cast<size_t>(nb));
-    t.nested_absmax.resize(static_cast<size_t>(t.n_nested_blocks()));
-    q8_quantize_all(c, centred.data(), QLORA_DTYPE_F32, nb, t.nested_blocksize, t.nested_code, t.qabsmax.data(),
-                    t.nested_absmax.data());
-}
-
 void check_finite_array(const float * x, int64_t n, const char * name) {
     for (int64_t i = 0; i < n; ++i)
         QLORA_CHECK_ARG(std::isfinite(x[i]), "%s[%lld] is %f; scales and tables must be finite", name,
@@ -71,6 +58,18 @@ void check_finite_array(const float * x, int64_t n, const char * name) {
 }
 
 } // namespace
+
+float double_quantize(qlora_context & c, float * absmax, int64_t n_blocks, int32_t nested_blocksize,
+                      const float * code256, uint8_t * qabsmax, float * nested_absmax) {
+    // A sequential float64 sum, rounded once: the same on every backend and thread count.
+    double sum = 0.0;
+    for (int64_t b = 0; b < n_blocks; ++b) sum += absmax[b];
+    const float offset = static_cast<float>(sum / static_cast<double>(n_blocks));
+    for (int64_t b = 0; b < n_blocks; ++b) absmax[b] -= offset;
+    q8_quantize_all(c, absmax, QLORA_DTYPE_F32, n_blocks, nested_blocksize, code256, qabsmax, nested_absmax);
+    return offset;
+}
+
 } // namespace qlora
 
 using namespace qlora;
@@ -88,7 +87,7 @@ QLORA_API qlora_quant_params qlora_quant_default_params(void) {
 
 QLORA_API qlora_status qlora_q4_code_table(qlora_quant_type quant_type, float * out16) {
     return QLORA_GUARD({
-        check_quant_type(quant_type);
+        check_quant_type(&quant_type);
         QLORA_CHECK_NOT_NULL(out16);
         std::memcpy(out16, code_table(quant_type), 16 * sizeof(float));
     });
@@ -128,8 +127,15 @@ QLORA_API qlora_status qlora_q4_quantize(qlora_context_t ctx, const qlora_view *
         }
         QLORA_CHECK_ARG(bad < 0, "src[%lld, %lld] is not finite (NaN or Inf); cannot quantize",
                         static_cast<long long>(bad / v.cols), static_cast<long long>(bad % v.cols));
-        if (t->double_quant) double_quantize(c, absmax, *t);
-        else t->absmax = std::move(absmax);
+        if (t->double_quant) {
+            std::memcpy(t->nested_code, signed_dynamic_map(), sizeof(t->nested_code));
+            t->qabsmax.resize(static_cast<size_t>(s.n_blocks()));
+            t->nested_absmax.resize(static_cast<size_t>(t->n_nested_blocks()));
+            t->nested_offset = double_quantize(c, absmax.data(), s.n_blocks(), t->nested_blocksize, t->nested_code,
+                                               t->qabsmax.data(), t->nested_absmax.data());
+        } else {
+            t->absmax = std::move(absmax);
+        }
         *out = t.release();
     });
 }
@@ -163,8 +169,9 @@ QLORA_API qlora_status qlora_q4_from_parts(qlora_context_t ctx, int64_t rows, in
         QLORA_CHECK_NOT_NULL(out);
         QLORA_CHECK_ARG(rows >= 1 && cols >= 1 && rows <= (INT64_C(1) << 40) / cols,
                         "shape [%lld, %lld] is invalid", static_cast<long long>(rows), static_cast<long long>(cols));
-        QLORA_CHECK_ARG(orig_dtype == QLORA_DTYPE_F32 || orig_dtype == QLORA_DTYPE_F16 || orig_dtype == QLORA_DTYPE_BF16,
-                        "orig_dtype must be F32, F16 or BF16, got %d", static_cast<int>(orig_dtype));
+        const int32_t od = raw_enum(orig_dtype);
+        QLORA_CHECK_ARG(od == QLORA_DTYPE_F32 || od == QLORA_DTYPE_F16 || od == QLORA_DTYPE_BF16,
+                        "orig_dtype must be F32, F16 or BF16, got %d", od);
         QLORA_CHECK_NOT_NULL(parts->packed);
         QLORA_CHECK_NOT_NULL(parts->code);
         auto t = std::make_unique<qlora_q4_tensor>();

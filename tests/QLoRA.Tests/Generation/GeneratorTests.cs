@@ -52,10 +52,10 @@ public class GeneratorTests
         Assert.That(tok.EosIds, Is.EquivalentTo(new[] { 1, 2 }), "llama2.c stories end with BOS (run.c stops there) or EOS");
         var opts = new SamplingOptions { Temperature = 1.0, TopP = 0.9, TopK = 40, MaxNewTokens = 300, Seed = 7 };
         var a = gen.Generate("Once upon a time", opts);
-        var b = gen.Generate("Once upon a time", opts);
+        var b = gen.Generate("Once upon a time", opts with { MaxNewTokens = 30 });
         var c = gen.Generate("Once upon a time", opts with { Seed = 8 });
-        Assert.That(b.Tokens, Is.EqualTo(a.Tokens), "same seed, same tokens");
-        Assert.That(c.Tokens, Is.Not.EqualTo(a.Tokens), "another seed, another story");
+        Assert.That(b.Tokens, Is.EqualTo(a.Tokens.Take(30)), "same seed, same tokens");
+        Assert.That(c.Tokens.Take(30), Is.Not.EqualTo(a.Tokens.Take(30)), "another seed, another story");
         // stories15M ends a story with BOS (id 1), usually within 300 tokens; check the stop logic either way.
         foreach (var r in new[] { a, c })
         {

@@ -75,6 +75,28 @@ public class CheckpointTests
     }
 
     [Test]
+    public void MistralSlidingWindowMasksOnlyBeyondTheWindow()
+    {
+        var files = TestModels.Files;
+        Checkpoints.ConvertLlama2cToHuggingFace(files.ModelPath, files.TokenizerPath, _dir);
+        using var full = ModelLoader.Load(_dir, new ModelLoadOptions { Quant = QuantSpec.None, LoadTokenizer = false });
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "config.json")))!.AsObject();
+        cfg["model_type"] = "mistral";
+        cfg["architectures"] = new JsonArray("MistralForCausalLM");
+        cfg["sliding_window"] = 6;
+        File.WriteAllText(Path.Combine(_dir, "config.json"), cfg.ToJsonString());
+        using var win = ModelLoader.Load(_dir, new ModelLoadOptions { Quant = QuantSpec.None, LoadTokenizer = false });
+        Assert.That(win.Model.Config.SlidingWindow, Is.EqualTo(6));
+        int[] ids = [1, 9038, 2501, 263, 931, 29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889];
+        using var a = Logits(full.Model, ids);
+        using var b = Logits(win.Model, ids);
+        // Positions 0..5 see at most 6 tokens either way; from position 6 on the window hides the oldest ones.
+        Assert.That((a.narrow(1, 0, 6) - b.narrow(1, 0, 6)).abs().max().item<float>(), Is.LessThan(1e-4));
+        for (int t = 6; t < ids.Length; t++)
+            Assert.That((a.narrow(1, t, 1) - b.narrow(1, t, 1)).abs().max().item<float>(), Is.GreaterThan(1e-3), $"position {t}");
+    }
+
+    [Test]
     public void ShardedCheckpointWithIndexLoadsTheSameModel()
     {
         var files = TestModels.Files;

@@ -119,6 +119,37 @@ public class LlamaModelTests
     }
 
     [Test]
+    public void Llama3RopeScalingKeepsHighFrequenciesAndStretchesLowOnes()
+    {
+        // Llama 3.1's config: head_dim 128, theta 500000, factor 8, low 1, high 4, original context 8192.
+        string json = """
+            {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
+             "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+             "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 131072, "tie_word_embeddings": false,
+             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192}}
+            """;
+        var config = LlamaConfig.FromHuggingFaceJson(json, "config.json") with { MaxPositions = 16 };
+        Assert.That(config.HeadDim, Is.EqualTo(128));
+        Assert.That(config.NumKvHeads, Is.EqualTo(8));
+        using var rope = new RotaryEmbedding(config);
+        var inv = rope.InverseFrequencies;
+        for (int i = 0; i < 64; i++)
+        {
+            double plain = 1.0 / Math.Pow(500000, 2.0 * i / 128);
+            double wavelen = 2 * Math.PI / plain;
+            if (wavelen < 8192 / 4.0) Assert.That(inv[i], Is.EqualTo(plain).Within(1e-6 * plain), $"high frequency {i} unchanged");
+            else if (wavelen > 8192 / 1.0) Assert.That(inv[i], Is.EqualTo(plain / 8).Within(1e-6 * plain), $"low frequency {i} divided by the factor");
+            else Assert.That(inv[i], Is.InRange(plain / 8 * 0.999999, plain * 1.000001), $"medium frequency {i} between the two");
+        }
+        int low = Enumerable.Range(0, 64).Count(i => 2 * Math.PI * Math.Pow(500000, 2.0 * i / 128) > 8192);
+        int high = Enumerable.Range(0, 64).Count(i => 2 * Math.PI * Math.Pow(500000, 2.0 * i / 128) < 2048);
+        Assert.That(low, Is.GreaterThan(10), "the low-frequency branch is exercised");
+        Assert.That(high, Is.GreaterThan(10), "the high-frequency branch is exercised");
+        Assert.That(64 - low - high, Is.GreaterThan(0), "the smoothed branch is exercised");
+    }
+
+    [Test]
     public void PaddingMaskAndPositionsGiveTheUnpaddedLogits()
     {
         var m = TestModels.Stories(QuantSpec.None);

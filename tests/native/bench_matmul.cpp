@@ -1,0 +1,392 @@
+// Fused 4-bit matmul benchmarks on LLaMA-7B layer shapes, next to baselines
+// measured in the same run:
+//   dense  - MKL GEMM on an unquantized W (fp32 sgemm_ / cblas_gemm_bf16bf16f32),
+//            from the libtorch_cpu.so PyTorch ships (QLORA_LIBTORCH_CPU, default
+//            the NuGet cache of libtorch-cpu-linux-x64 2.10.0), 2 threads;
+//   deq    - dequantize the whole W (qlora_q4_dequantize) then the same dense GEMM;
+//   stream - a read of the same weight bytes (M = 1 is bandwidth-bound), 2 threads.
+// The last benchmark, Matmul/table, prints the table with the ratios.
+//
+//   artifacts/native/dev/tests/native/qlora_bench --benchmark_filter='Matmul'
+#include "qlora.h"
+
+#include <benchmark/benchmark.h>
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int kThreads = 2;
+constexpr int64_t kColdBytes = int64_t{256} << 20; // M = 1 rotates weight copies over this many bytes (>> L3)
+
+struct Shape { int64_t K, N; };
+const Shape kShapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+const int64_t kMs[] = {1, 16, 512};
+
+// ---------------------------------------------------------------- MKL via dlopen
+using sgemm_fn = void (*)(const char *, const char *, const int *, const int *, const int *, const float *,
+                          const float *, const int *, const float *, const int *, const float *, float *, const int *);
+using gemm_bf16_fn = void (*)(int, int, int, int64_t, int64_t, int64_t, float, const uint16_t *, int64_t,
+                              const uint16_t *, int64_t, float, float *, int64_t);
+struct Mkl {
+    sgemm_fn     sgemm = nullptr;
+    gemm_bf16_fn gemm_bf16 = nullptr;
+    std::string  status;
+};
+
+Mkl & mkl() {
+    static Mkl m = [] {
+        Mkl r;
+        const char * env = std::getenv("QLORA_LIBTORCH_CPU");
+        std::string path = env ? env : "";
+        if (path.empty()) {
+            const char * home = std::getenv("HOME");
+            path = std::string(home ? home : "/root") +
+                   "/.nuget/packages/libtorch-cpu-linux-x64/2.10.0/runtimes/linux-x64/native/libtorch_cpu.so";
+        }
+        // MKL and its OpenMP runtime read these when they load.
+        setenv("OMP_NUM_THREADS", "2", 0);
+        setenv("MKL_NUM_THREADS", "2", 0);
+        void * h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            r.status = "dense baselines UNAVAILABLE: cannot load " + path + " (" + dlerror() +
+                       "); set QLORA_LIBTORCH_CPU to libtorch_cpu.so";
+            return r;
+        }
+        r.sgemm = reinterpret_cast<sgemm_fn>(dlsym(h, "sgemm_"));
+        r.gemm_bf16 = reinterpret_cast<gemm_bf16_fn>(dlsym(h, "cblas_gemm_bf16bf16f32"));
+        auto omp_set = reinterpret_cast<void (*)(int)>(dlsym(h, "omp_set_num_threads"));
+        auto mkl_set = reinterpret_cast<int (*)(const int *)>(dlsym(h, "mkl_set_num_threads_local"));
+        const int n = kThreads;
+        if (omp_set) omp_set(n);
+        if (mkl_set) mkl_set(&n);
+        r.status = "dense baselines: MKL from " + path + " (sgemm_" + (r.sgemm ? "" : " MISSING") +
+                   ", cblas_gemm_bf16bf16f32" + (r.gemm_bf16 ? "" : " MISSING") + "), " + std::to_string(n) +
+                   " threads (oneDNN's C API is not exported by this libtorch_cpu.so)";
+        return r;
+    }();
+    return m;
+}
+
+// y[M,N] = x[M,K] W^T (forward) or y[M,K] = x[M,N] W (backward); W row-major [N,K].
+void dense_f32(bool fwd, int M, int N, int K, const float * x, const float * W, float * y) {
+    const float one = 1.0f, zero = 0.0f;
+    if (fwd) mkl().sgemm("T", "N", &N, &M, &K, &one, W, &K, x, &K, &zero, y, &N);
+    else mkl().sgemm("N", "N", &K, &M, &N, &one, W, &K, x, &N, &zero, y, &K);
+}
+void dense_bf16(bool fwd, int64_t M, int64_t N, int64_t K, const uint16_t * x, const uint16_t * W, float * y) {
+    constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+    if (fwd) mkl().gemm_bf16(kRowMajor, kNoTrans, kTrans, M, N, K, 1.0f, x, K, W, K, 0.0f, y, N);
+    else mkl().gemm_bf16(kRowMajor, kNoTrans, kNoTrans, M, K, N, 1.0f, x, N, W, K, 0.0f, y, K);
+}
+
+// ---------------------------------------------------------------- data
+struct CtxDel { void operator()(qlora_context_t c) const { qlora_context_free(c); } };
+struct Q4Del { void operator()(qlora_q4_tensor_t t) const { qlora_q4_free(t); } };
+
+qlora_context_t ctx() {
+    static std::unique_ptr<qlora_context, CtxDel> c = [] {
+        qlora_context_params p = qlora_context_default_params();
+        p.backend = QLORA_BACKEND_CPU;
+        p.n_threads = kThreads;
+        qlora_context_t out = nullptr;
+        if (qlora_context_create(&p, &out) != QLORA_OK) std::fprintf(stderr, "context: %s\n", qlora_last_error());
+        return std::unique_ptr<qlora_context, CtxDel>(out);
+    }();
+    return c.get();
+}
+
+// Random NF4 + double-quant weights (values do not matter for timing; built
+// from parts so that hundreds of MB are ready at once).
+std::unique_ptr<qlora_q4_tensor, Q4Del> random_q4(int64_t N, int64_t K, uint32_t seed) {
+    std::mt19937 rng(seed);
+    const int64_t numel = N * K, nb = (numel + 63) / 64, nnb = (nb + 255) / 256;
+    std::vector<uint8_t> packed(static_cast<size_t>((numel + 1) / 2)), qabs(static_cast<size_t>(nb));
+    for (auto & b : packed) b = static_cast<uint8_t>(rng());
+    for (auto & b : qabs) b = static_cast<uint8_t>(rng());
+    std::vector<float> nested(static_cast<size_t>(nnb), 0.01f), code(16), map(256);
+    qlora_q4_code_table(QLORA_QUANT_NF4, code.data());
+    qlora_q8_dynamic_map(map.data());
+    qlora_q4_parts parts{};
+    parts.packed = packed.data();
+    parts.qabsmax = qabs.data();
+    parts.nested_absmax = nested.data();
+    parts.code = code.data();
+    parts.nested_code = map.data();
+    parts.nested_offset = 0.02f;
+    qlora_quant_params p = qlora_quant_default_params();
+    qlora_q4_tensor_t t = nullptr;
+    if (qlora_q4_from_parts(ctx(), N, K, &p, QLORA_DTYPE_BF16, &parts, &t) != QLORA_OK)
+        std::fprintf(stderr, "from_parts: %s\n", qlora_last_error());
+    return std::unique_ptr<qlora_q4_tensor, Q4Del>(t);
+}
+
+struct Weights {
+    std::vector<std::unique_ptr<qlora_q4_tensor, Q4Del>> copies; // copies[0] for M > 1; all for M = 1
+    int64_t storage_bytes = 0;
+};
+
+Weights & weights(const Shape & s) {
+    static std::map<std::pair<int64_t, int64_t>, Weights> cache;
+    Weights & w = cache[{s.K, s.N}];
+    if (w.copies.empty()) {
+        w.copies.push_back(random_q4(s.N, s.K, 1));
+        qlora_q4_info info{};
+        qlora_q4_get_info(w.copies[0].get(), &info);
+        w.storage_bytes = info.storage_bytes;
+        const int64_t n = std::max<int64_t>(2, kColdBytes / info.storage_bytes + 1);
+        for (int64_t i = 1; i < n; ++i) w.copies.push_back(random_q4(s.N, s.K, static_cast<uint32_t>(i + 1)));
+    }
+    return w;
+}
+
+template <typename T>
+std::vector<T> filled(size_t n, T v) { return std::vector<T>(n, v); }
+
+qlora_view view(void * p, qlora_dtype d, int64_t r, int64_t c) {
+    qlora_view v{};
+    v.data = p;
+    v.dtype = d;
+    v.device = QLORA_DEVICE_HOST;
+    v.rows = r;
+    v.cols = c;
+    return v;
+}
+
+// ---------------------------------------------------------------- results
+struct Result { double seconds = 0.0; };
+std::map<std::string, Result> & results() {
+    static std::map<std::string, Result> r;
+    return r;
+}
+std::string key(const char * what, bool fwd, bool bf16, int64_t M, const Shape & s) {
+    return std::string(what) + (fwd ? "/fwd" : "/bwd") + (bf16 ? "/bf16" : "/f32") + "/M" + std::to_string(M) +
+           "/K" + std::to_string(s.K) + "/N" + std::to_string(s.N);
+}
+
+// The table keeps, per benchmark, the best (lowest) time per iteration over
+// all of Google Benchmark's runs of it (use --benchmark_repetitions=N for
+// more): the machine is shared, and the minimum is what is achievable. Every
+// kernel and baseline is treated the same way.
+template <typename F>
+void timed(benchmark::State & state, const std::string & k, F && body) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (auto _ : state) body();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double per = dt / static_cast<double>(state.iterations());
+    Result & r = results()[k];
+    if (r.seconds == 0.0 || per < r.seconds) r.seconds = per;
+}
+
+// ---------------------------------------------------------------- benchmarks
+void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16) {
+    Weights & w = weights(s);
+    const int64_t in = fwd ? s.K : s.N, out = fwd ? s.N : s.K;
+    const qlora_dtype dt = bf16 ? QLORA_DTYPE_BF16 : QLORA_DTYPE_F32;
+    std::vector<float> xf(static_cast<size_t>(M * in), 0.01f), yf(static_cast<size_t>(M * out));
+    std::vector<uint16_t> xh(static_cast<size_t>(M * in), 0x3c23), yh(static_cast<size_t>(M * out));
+    qlora_view xv = bf16 ? view(xh.data(), dt, M, in) : view(xf.data(), dt, M, in);
+    qlora_view yv = bf16 ? view(yh.data(), dt, M, out) : view(yf.data(), dt, M, out);
+    qlora_matmul_params p = qlora_matmul_default_params();
+    p.op = fwd ? QLORA_MATMUL_FORWARD : QLORA_MATMUL_BACKWARD;
+    const size_t copies = M == 1 ? w.copies.size() : 1;
+    size_t i = 0;
+    timed(state, key("q4", fwd, bf16, M, s), [&] {
+        if (qlora_q4_matmul(ctx(), &xv, w.copies[i].get(), &yv, &p) != QLORA_OK)
+            state.SkipWithError(qlora_last_error());
+        i = (i + 1) % copies;
+    });
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(2.0 * M * s.N * s.K, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Dense(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, bool dequantize) {
+    if ((!bf16 && !mkl().sgemm) || (bf16 && !mkl().gemm_bf16)) {
+        state.SkipWithError(mkl().status.c_str());
+        return;
+    }
+    const int64_t in = fwd ? s.K : s.N, out = fwd ? s.N : s.K;
+    std::vector<float> xf(static_cast<size_t>(M * in), 0.01f), y(static_cast<size_t>(M * out));
+    std::vector<uint16_t> xh(static_cast<size_t>(M * in), 0x3c23);
+    // unquantized W, one per shape and precision (cached: hundreds of MB)
+    static std::map<std::pair<int64_t, int64_t>, std::vector<float>> f32_cache;
+    static std::map<std::pair<int64_t, int64_t>, std::vector<uint16_t>> bf16_cache;
+    std::vector<float> & Wf = f32_cache[{s.K, s.N}];
+    std::vector<uint16_t> & Wh = bf16_cache[{s.K, s.N}];
+    if (bf16 && Wh.empty()) Wh.assign(static_cast<size_t>(s.N * s.K), 0x3c23);
+    if (!bf16 && Wf.empty()) Wf.assign(static_cast<size_t>(s.N * s.K), 0.01f);
+    qlora_q4_tensor_t q = weights(s).copies[0].get();
+    qlora_view wv = bf16 ? view(Wh.data(), QLORA_DTYPE_BF16, s.N, s.K) : view(Wf.data(), QLORA_DTYPE_F32, s.N, s.K);
+    timed(state, key(dequantize ? "deq" : "dense", fwd, bf16, M, s), [&] {
+        if (dequantize && qlora_q4_dequantize(ctx(), q, &wv) != QLORA_OK) state.SkipWithError(qlora_last_error());
+        if (bf16) dense_bf16(fwd, M, s.N, s.K, xh.data(), Wh.data(), y.data());
+        else dense_f32(fwd, static_cast<int>(M), static_cast<int>(s.N), static_cast<int>(s.K), xf.data(), Wf.data(),
+                       y.data());
+        benchmark::DoNotOptimize(y.data());
+    });
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(2.0 * M * s.N * s.K, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Streaming read of the same bytes the M = 1 kernel reads (all weight copies
+// in turn), split over 2 threads.
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) uint64_t read_bytes(const uint8_t * p, size_t n) {
+    __m256i acc = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + i));
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + i + 32));
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + i + 64));
+        const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(p + i + 96));
+        acc = _mm256_add_epi64(acc, _mm256_xor_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(c, d)));
+    }
+    uint64_t lanes[4];
+    _mm256_storeu_si256(reinterpret_cast<__m256i *>(lanes), acc);
+    uint64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    for (; i < n; ++i) s += p[i];
+    return s;
+}
+#else
+uint64_t read_bytes(const uint8_t * p, size_t n) {
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; ++i) s += p[i];
+    return s;
+}
+#endif
+
+void BM_Stream(benchmark::State & state, Shape s) {
+    Weights & w = weights(s);
+    std::vector<std::pair<const uint8_t *, size_t>> parts;
+    for (auto & c : w.copies) {
+        qlora_q4_parts p{};
+        qlora_q4_info info{};
+        qlora_q4_get_parts(c.get(), &p);
+        qlora_q4_get_info(c.get(), &info);
+        parts.push_back({p.packed, static_cast<size_t>(info.packed_bytes)});
+        parts.push_back({p.qabsmax, static_cast<size_t>(info.n_blocks)});
+    }
+    size_t i = 0;
+    uint64_t sink = 0;
+    timed(state, "stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N), [&] {
+        // one weight copy per iteration, like the M = 1 kernel
+        uint64_t r[kThreads] = {};
+        std::vector<std::thread> ts;
+        for (int t = 1; t < kThreads; ++t)
+            ts.emplace_back([&, t] {
+                for (size_t j = 0; j < 2; ++j) {
+                    const auto & pp = parts[i + j];
+                    const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
+                    r[t] += read_bytes(pp.first + b, e - b);
+                }
+            });
+        for (size_t j = 0; j < 2; ++j) {
+            const auto & pp = parts[i + j];
+            r[0] += read_bytes(pp.first, pp.second / kThreads);
+        }
+        for (auto & t : ts) t.join();
+        sink += r[0] + r[1];
+        i = (i + 2) % parts.size();
+    });
+    benchmark::DoNotOptimize(sink);
+    state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.storage_bytes),
+                                                benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+}
+
+void BM_Table(benchmark::State & state) {
+    for (auto _ : state) {
+    }
+    auto & r = results();
+    auto get = [&](const std::string & k) { auto it = r.find(k); return it == r.end() ? 0.0 : it->second.seconds; };
+    qlora_context_info info{};
+    qlora_context_get_info(ctx(), &info);
+    double load[3] = {0, 0, 0};
+    if (getloadavg(load, 3) < 0) load[0] = -1;
+    std::printf("\nFused 4-bit matmul (NF4 + double quant, blocksize 64), %d threads, ISA %s, load average %.1f\n%s\n",
+                info.n_threads, qlora_cpu_isa_name(info.isa), load[0], mkl().status.c_str());
+    std::printf("Times: the best of all runs of each benchmark (also for the baselines).\n");
+    std::printf("GFLOP/s = 2 M N K / time. 'vs dense': ours / dense GEMM of the same precision on an unquantized W; "
+                "'vs deq': ours / (dequantize whole W + the same dense GEMM).\n");
+    std::printf("M = 1: weight GB/s = stored 4-bit bytes / time; 'vs stream': / read bandwidth of the same bytes.\n\n");
+    std::printf("| op  | act  |    K  |     N |   M | q4 GFLOP/s | dense GFLOP/s | vs dense | deq+dense GFLOP/s | vs deq | "
+                "weight GB/s | stream GB/s | vs stream |\n");
+    std::printf("|-----|------|-------|-------|-----|-----------:|--------------:|---------:|------------------:|-------:|"
+                "------------:|------------:|----------:|\n");
+    for (bool fwd : {true, false})
+        for (bool bf16 : {false, true})
+            for (const Shape & s : kShapes)
+                for (int64_t M : kMs) {
+                    const double flop = 2.0 * M * s.N * s.K;
+                    const double q = get(key("q4", fwd, bf16, M, s)), d = get(key("dense", fwd, bf16, M, s)),
+                                 a = get(key("deq", fwd, bf16, M, s));
+                    if (q == 0.0) continue;
+                    std::printf("| %s | %s | %5lld | %5lld | %3lld | %10.1f |", fwd ? "fwd" : "bwd",
+                                bf16 ? "bf16" : "f32 ", static_cast<long long>(s.K), static_cast<long long>(s.N),
+                                static_cast<long long>(M), flop / q / 1e9);
+                    if (d > 0) std::printf(" %13.1f | %7.2fx |", flop / d / 1e9, d / q);
+                    else std::printf(" %13s | %8s |", "n/a", "n/a");
+                    if (a > 0) std::printf(" %17.1f | %5.2fx |", flop / a / 1e9, a / q);
+                    else std::printf(" %17s | %6s |", "n/a", "n/a");
+                    if (M == 1) {
+                        const double st = get("stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N));
+                        const double bytes = static_cast<double>(weights(s).storage_bytes);
+                        std::printf(" %11.1f | %11.1f | %8.2fx |\n", bytes / q / 1e9, st > 0 ? bytes / st / 1e9 : 0.0,
+                                    st > 0 ? st / q : 0.0);
+                    } else {
+                        std::printf(" %11s | %11s | %9s |\n", "", "", "");
+                    }
+                }
+    std::printf("\n");
+}
+
+// Ours first, MKL after: MKL's OpenMP threads keep spinning for a while after
+// each call, which would steal the 2 cores from whatever runs next.
+int register_all() {
+    auto each = [](const char * what, auto && reg) {
+        for (const Shape & s : kShapes)
+            for (bool fwd : {true, false})
+                for (bool bf16 : {false, true})
+                    for (int64_t M : kMs) {
+                        const std::string name = std::string("Matmul/") + what + (fwd ? "/fwd" : "/bwd") +
+                                                 (bf16 ? "/bf16" : "/f32") + "/M" + std::to_string(M) + "/K" +
+                                                 std::to_string(s.K) + "/N" + std::to_string(s.N);
+                        reg(name, s, M, fwd, bf16)->UseRealTime()->MinTime(0.3);
+                    }
+    };
+    for (const Shape & s : kShapes)
+        benchmark::RegisterBenchmark(("Matmul/stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N)).c_str(),
+                                     BM_Stream, s)
+            ->UseRealTime()
+            ->MinTime(0.3);
+    each("q4", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16);
+    });
+    each("dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, false);
+    });
+    each("deq_dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, true);
+    });
+    benchmark::RegisterBenchmark("Matmul/table", BM_Table)->Iterations(1)->Repetitions(1);
+    return 0;
+}
+const int kRegistered = register_all();
+
+} // namespace
