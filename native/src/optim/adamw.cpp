@@ -11,7 +11,6 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
-#include <optional>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -22,8 +21,8 @@ static_assert(std::endian::native == std::endian::little, "the optimizer state f
 namespace qlora::optim {
 
 void check_adamw_params(const qlora_adamw_params & p) {
-    QLORA_CHECK_ARG(p.state == QLORA_OPTIM_STATE_F32 || p.state == QLORA_OPTIM_STATE_8BIT, "unknown state value %d",
-                    static_cast<int>(p.state));
+    const int32_t state = raw_enum(p.state);
+    QLORA_CHECK_ARG(state == QLORA_OPTIM_STATE_F32 || state == QLORA_OPTIM_STATE_8BIT, "unknown state value %d", state);
     QLORA_CHECK_ARG(std::isfinite(p.lr) && p.lr >= 0.0f, "lr must be finite and >= 0, got %g", double(p.lr));
     QLORA_CHECK_ARG(p.beta1 >= 0.0f && p.beta1 < 1.0f, "beta1 must be in [0, 1), got %g", double(p.beta1));
     QLORA_CHECK_ARG(p.beta2 >= 0.0f && p.beta2 < 1.0f, "beta2 must be in [0, 1), got %g", double(p.beta2));
@@ -105,18 +104,25 @@ namespace {
 // A chunk of a buffer's states, pinned for the duration of the scope.
 class ChunkAccess {
 public:
-    ChunkAccess(const qlora_adamw & opt, const qlora_adamw::Buffer & b, int64_t c, qlora_pager_access access) {
-        const int64_t off = opt.chunk_offset(c), bytes = opt.chunk_blocks(b, c) * opt.block_bytes();
-        if (opt.pager)
-            pin_.emplace(*opt.pager, b.alloc_id, off, bytes, access);
-        else
-            ptr_ = const_cast<uint8_t *>(b.host.data()) + off;
+    ChunkAccess(const qlora_adamw & opt, const qlora_adamw::Buffer & b, int64_t c, qlora_pager_access access)
+        : pager_(opt.pager.get()), id_(b.alloc_id), offset_(opt.chunk_offset(c)),
+          bytes_(opt.chunk_blocks(b, c) * opt.block_bytes()) {
+        ptr_ = pager_ ? static_cast<uint8_t *>(pager_->acquire(id_, offset_, bytes_, access))
+                      : const_cast<uint8_t *>(b.host.data()) + offset_;
     }
-    uint8_t * data() const { return pin_ ? pin_->data() : ptr_; }
+    ~ChunkAccess() {
+        if (pager_) {
+            try { pager_->release(id_, offset_, bytes_); } catch (...) { /* cannot fail for a range we pinned */ }
+        }
+    }
+    ChunkAccess(const ChunkAccess &) = delete;
+    ChunkAccess & operator=(const ChunkAccess &) = delete;
+    uint8_t * data() const { return ptr_; }
 
 private:
-    std::optional<PinnedRange> pin_;
-    uint8_t *                  ptr_ = nullptr;
+    Pager *   pager_;
+    int64_t   id_, offset_, bytes_;
+    uint8_t * ptr_ = nullptr;
 };
 
 // Reads/writes whole byte counts, retrying on EINTR; throws IO naming `path`.
@@ -229,8 +235,9 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
                     "n_buffers is %d but %zu buffers are registered", n_buffers, buffers.size());
     QLORA_CHECK_NOT_NULL(pviews);
     QLORA_CHECK_NOT_NULL(gviews);
-    QLORA_CHECK_ARG(ctx.backend == QLORA_BACKEND_REF || ctx.backend == QLORA_BACKEND_CPU,
-                    "the optimizer step runs on the REF and CPU backends only");
+    if (ctx.backend != QLORA_BACKEND_REF && ctx.backend != QLORA_BACKEND_CPU)
+        fail(QLORA_ERROR_UNSUPPORTED, "the AdamW step has REF and CPU kernels only (context backend %d)",
+             static_cast<int>(ctx.backend));
 
     const size_t nb = buffers.size();
     std::vector<float *> p(nb);
@@ -304,7 +311,7 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
     // time (at least one). Paged, the next group is pinned (paged in) on a
     // helper thread while the thread pool updates the current one, when two
     // groups fit in the budget. Results do not depend on any of this.
-    const int64_t group = pager ? std::clamp<int64_t>(pager->budget_bytes() / pager->page_bytes() / 2, 1, 8)
+    const int64_t group = pager ? std::clamp<int64_t>(pager->budget_bytes() / pager->page_bytes() / 2, 1, 64)
                                 : INT64_MAX;
     struct Group {
         size_t  buf;

@@ -56,8 +56,9 @@ QLORA_API qlora_status qlora_adamw_set_params(qlora_adamw_t opt, const qlora_ada
         auto & o = checked(opt);
         QLORA_CHECK_NOT_NULL(params);
         qlora::optim::check_adamw_params(*params);
-        QLORA_CHECK_ARG(params->state == o.params.state, "the state type cannot change (optimizer: %d, params: %d)",
-                        static_cast<int>(o.params.state), static_cast<int>(params->state));
+        QLORA_CHECK_ARG(qlora::raw_enum(params->state) == qlora::raw_enum(o.params.state),
+                        "the state type cannot change (optimizer: %d, params: %d)", qlora::raw_enum(o.params.state),
+                        qlora::raw_enum(params->state));
         o.params = *params;
     });
 }
