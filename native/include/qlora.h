@@ -662,8 +662,8 @@ QLORA_API qlora_status qlora_llama2c_tokenizer_token(qlora_llama2c_tokenizer_t t
 typedef enum qlora_pager_backing {
     QLORA_PAGER_HOST_SPILL_FILE = 0, /* host memory; evicted pages go to a spill file (CRC32C per page) */
     QLORA_PAGER_CUDA_UNIFIED    = 1  /* CUDA managed memory, prefetched to the device on acquire and
-                                        evicted to the host past the budget (reserved: not implemented
-                                        yet, qlora_pager_create answers UNSUPPORTED) */
+                                        evicted to the host past the budget (builds with the CUDA
+                                        backend; elsewhere qlora_pager_create answers UNSUPPORTED) */
 } qlora_pager_backing;
 
 /* How an acquired range will be used. */

@@ -162,7 +162,10 @@ TEST(Pager, RejectsBadParams) {
     EXPECT_EQ(h, nullptr);
 }
 
-TEST(Pager, CudaUnifiedBackingIsUnsupportedForNow) {
+TEST(Pager, CudaUnifiedBackingIsUnsupportedWithoutTheCudaBackend) {
+#if defined(QLORA_CUDA)
+    GTEST_SKIP() << "this build has the CUDA backend: test_cuda.cpp covers the unified-memory pager";
+#endif
     qlora_pager_params p = qlora_pager_default_params();
     p.backing = QLORA_PAGER_CUDA_UNIFIED;
     qlora_pager_t h = nullptr;

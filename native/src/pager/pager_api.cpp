@@ -49,8 +49,8 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
             case QLORA_PAGER_HOST_SPILL_FILE: handle->impl = make_host_spill_pager(*params); break;
             case QLORA_PAGER_CUDA_UNIFIED:
 #if defined(QLORA_CUDA)
-                fail(QLORA_ERROR_UNSUPPORTED, "backing QLORA_PAGER_CUDA_UNIFIED is not implemented yet (this build has "
-                     "the CUDA backend, but not its unified-memory pager)");
+                handle->impl = make_cuda_unified_pager(*params);
+                break;
 #else
                 fail(QLORA_ERROR_UNSUPPORTED,
                      "backing QLORA_PAGER_CUDA_UNIFIED needs the CUDA backend (configure with -DQLORA_CUDA=ON)");
