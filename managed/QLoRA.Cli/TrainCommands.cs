@@ -47,9 +47,9 @@ internal static class TrainCommands
         var outDir = Flags.Text("--out", "output folder: adapter, checkpoints/, metrics.jsonl, tensorboard/, loss.png, qlora_config.json", "qlora-out", helpName: "DIR");
         var quant = Flags.Choice("--quant", "frozen base: nf4 (QLoRA: NF4 + double quant), fp4, int4, or none (LoRA on the 16/32-bit base)", "nf4", "nf4", "fp4", "int4", "none");
         var dtype = ModelCommands.DtypeOption("compute dtype");
-        var steps = Flags.Int("--steps", "optimizer steps", 150, 1);
+        var steps = Flags.Int("--steps", "optimizer steps", 200, 1);
         var lr = Flags.Number("--lr", "peak learning rate", 1e-3, 0, minExclusive: true);
-        var schedule = Flags.Choice("--lr-schedule", "after warmup", "constant", "constant", "linear", "cosine");
+        var schedule = Flags.Choice("--lr-schedule", "after warmup: constant (the paper's), linear or cosine", "cosine", "constant", "linear", "cosine");
         var warmup = Flags.OptionalInt<int>("--warmup-steps", "linear warmup steps (default: 3% of --steps)", 0);
         var rank = Flags.Int("--rank", "LoRA rank r", 64, 1);
         var alpha = Flags.Number("--alpha", "lora_alpha (scale alpha/r)", 16, 0, minExclusive: true);
@@ -71,7 +71,7 @@ internal static class TrainCommands
         var pagerBudget = Flags.OptionalNumber("--pager-budget-mb", "keep optimizer states in the native pager with this RAM budget (MiB; spills to DIR/pager)", 0, minExclusive: true);
         var checkpointing = Flags.Switch("--gradient-checkpointing", "recompute decoder layers in backward (less activation memory)");
         var noGroup = Flags.Switch("--no-group-by-length", "do not batch similar lengths together");
-        var evalEvery = Flags.Int("--eval-every", "evaluate every N steps (0: before and after only)", 0, 0);
+        var evalEvery = Flags.Int("--eval-every", "evaluate every N steps (0: before and after only)", 50, 0);
         var saveEvery = Flags.Int("--save-every", "checkpoint every N steps (0: only at the end or when stopped)", 50, 0);
         var evalExamples = Flags.Int("--eval-examples", "evaluation examples", 200, 0);
         var maxTrain = Flags.Int("--max-train-examples", "most training examples (0 = all)", 20000, 0);

@@ -56,7 +56,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // STREAM triad a = b + s c over kParams floats on the context's threads:
-// 12 bytes per element. Returns GB/s (best of `reps`).
+// 12 bytes per element (no write-allocate counted, as STREAM). GB/s, best of `reps`.
 double triad_gbs(int reps) {
     Data & d = data();
     double best = 0;
@@ -124,76 +124,76 @@ bool step(const Optimizer & o) {
     return true;
 }
 
-// Best of `reps` step times of an optimizer, in seconds.
-double best_step(const Optimizer & o, int reps) {
-    double best = 1e30;
-    for (int r = 0; r < reps; ++r) {
-        const auto t0 = std::chrono::steady_clock::now();
-        if (!step(o)) return 0;
-        best = std::min(best, seconds_since(t0));
-    }
-    return best;
-}
-
 // Bytes an AdamW step moves per parameter: p read + write, g read, and the
 // state read + written.
 double step_bytes(const Optimizer & o) {
     return 12.0 * static_cast<double>(kParams) + 2.0 * static_cast<double>(o.state_bytes);
 }
 
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
 // args: state (0 = 32-bit, 1 = 8-bit), budget percent (0 = unpaged).
+// Every iteration times, back to back, a STREAM triad, one step of an
+// unpaged optimizer (the baseline) and one step of the optimizer under test,
+// so that all three see the same machine load; ratios use the minima (the
+// least disturbed runs) and the medians.
 void BM_AdamwStep(benchmark::State & st) {
     const auto state = static_cast<qlora_optim_state>(st.range(0));
     const int percent = static_cast<int>(st.range(1));
     qtest::TempDir dir;
     const std::string spill = dir.path.string();
-    // Baselines first, in this same benchmark: the triad, and the unpaged step.
-    const double triad = triad_gbs(5);
-    double unpaged_s = 0;
-    {
-        Optimizer base = make(state, 0, spill);
-        step(base); // first touch of the state
-        unpaged_s = best_step(base, 3);
-    }
+    Optimizer base = make(state, 0, spill);
     Optimizer o = make(state, percent, spill);
-    step(o); // warm-up: the first step touches (and, paged, spills) every page
+    step(base); // first touch of the states; paged: every page spilled once
+    step(o);
     if (o.pager) qlora_pager_reset_stats(o.pager.get());
-    double total = 0;
-    int64_t steps = 0;
+    std::vector<double> t_subject, t_base, gbs_triad;
     for (auto _ : st) {
-        const auto t0 = std::chrono::steady_clock::now();
-        if (!step(o)) {
+        gbs_triad.push_back(triad_gbs(1));
+        auto t0 = std::chrono::steady_clock::now();
+        const bool ok_base = step(base);
+        t_base.push_back(seconds_since(t0));
+        t0 = std::chrono::steady_clock::now();
+        const bool ok = step(o);
+        const double s = seconds_since(t0);
+        if (!ok || !ok_base) {
             st.SkipWithError("step failed");
             break;
         }
-        const double s = seconds_since(t0);
         st.SetIterationTime(s);
-        total += s;
-        ++steps;
+        t_subject.push_back(s);
     }
-    if (steps == 0) return;
-    const double mean = total / static_cast<double>(steps);
-    const double gbs = step_bytes(o) / mean / 1e9;
+    if (t_subject.empty()) return;
+    const double best = *std::min_element(t_subject.begin(), t_subject.end());
+    const double best_base = *std::min_element(t_base.begin(), t_base.end());
+    const double triad = *std::max_element(gbs_triad.begin(), gbs_triad.end());
+    const double gbs = step_bytes(o) / best / 1e9;
     st.counters["state_MiB"] = static_cast<double>(o.state_bytes) / (1 << 20);
+    st.counters["min_ms"] = best * 1e3;
     st.counters["GB/s"] = gbs;
     st.counters["triad_GB/s"] = triad;
     st.counters["x_triad"] = gbs / triad;
-    st.counters["unpaged_ms"] = unpaged_s * 1e3;
-    st.counters["x_unpaged_time"] = mean / unpaged_s;
+    st.counters["unpaged_min_ms"] = best_base * 1e3;
+    st.counters["x_unpaged_min"] = best / best_base;
+    st.counters["x_unpaged_median"] = median(t_subject) / median(t_base);
     if (o.pager) {
         qlora_pager_stats s{};
         qlora_pager_get_stats(o.pager.get(), &s);
+        const double steps = static_cast<double>(t_subject.size());
         st.counters["budget_MiB"] = static_cast<double>(s.budget_bytes) / (1 << 20);
         st.counters["peak_MiB"] = static_cast<double>(s.peak_resident_bytes) / (1 << 20);
-        st.counters["in_MiB/step"] = static_cast<double>(s.bytes_paged_in) / (1 << 20) / static_cast<double>(steps);
-        st.counters["out_MiB/step"] = static_cast<double>(s.bytes_spilled) / (1 << 20) / static_cast<double>(steps);
+        st.counters["in_MiB/step"] = static_cast<double>(s.bytes_paged_in) / (1 << 20) / steps;
+        st.counters["out_MiB/step"] = static_cast<double>(s.bytes_spilled) / (1 << 20) / steps;
     }
 }
 BENCHMARK(BM_AdamwStep)
     ->ArgNames({"8bit", "budget%"})
     ->Args({0, 0})->Args({0, 100})->Args({0, 50})->Args({0, 10})
     ->Args({1, 0})->Args({1, 100})->Args({1, 50})->Args({1, 10})
-    ->Iterations(5)->UseManualTime()->Unit(benchmark::kMillisecond);
+    ->Iterations(7)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 // State memory of 8-bit vs 32-bit AdamW for the same parameters.
 void BM_AdamwStateMemory(benchmark::State & st) {

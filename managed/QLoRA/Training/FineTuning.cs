@@ -138,20 +138,20 @@ public static class FineTuning
         {
             baseName = Path.GetFullPath(model);
         }
+        var prompt = Data.PromptTemplate.ByName(s.PromptTemplate);
+        var (split, description) = ReadData(s, prompt, log);   // before the model: a bad data file fails fast
         using var loaded = ModelLoader.Load(model, new ModelLoadOptions
         {
             Quant = s.Quant, ComputeDtype = s.ComputeDtype, TokenizerPath = tokPath, RotateHalf = true, Log = log,
         });
         var tokenizer = loaded.RequireTokenizer();
         var encoder = new TextTokenizerEncoder(tokenizer);
-        var prompt = Data.PromptTemplate.ByName(s.PromptTemplate);
 
         // Data.
         var tokOptions = new TokenizeOptions
         {
             MaxLength = s.SeqLen, MaxSourceTokens = s.MaxSourceTokens, MaxTargetTokens = s.MaxTargetTokens, TrainOnSource = s.TrainOnSource,
         }.Validate();
-        var (split, description) = ReadData(s, prompt, log);
         var (train, eval) = ExampleTokenizer.TokenizeSplit(split, encoder, tokOptions);
         if (s.EvalData is null && split.Eval.Count == 0 && s.EvalExamples > 0)
             (train, eval) = Batching.HoldOut(train, Math.Min(s.EvalExamples, train.Count / 5));

@@ -33,8 +33,8 @@ QLORA_API qlora_status qlora_adamw_create(const qlora_adamw_params * params, qlo
         std::shared_ptr<qlora::Pager> impl;
         if (pager) {
             QLORA_CHECK_ARG(pager->impl != nullptr, "pager is not a valid handle");
-            QLORA_CHECK_ARG(pager->impl->backing() == QLORA_PAGER_HOST_SPILL_FILE,
-                            "the optimizer's CPU step needs a host pager (backing QLORA_PAGER_HOST_SPILL_FILE)");
+            // Both backings serve every backend: managed memory is host-accessible,
+            // and a CUDA step stages host pages through the device.
             impl = pager->impl;
         }
         *out = new qlora_adamw(*params, std::move(impl));
@@ -56,8 +56,9 @@ QLORA_API qlora_status qlora_adamw_set_params(qlora_adamw_t opt, const qlora_ada
         auto & o = checked(opt);
         QLORA_CHECK_NOT_NULL(params);
         qlora::optim::check_adamw_params(*params);
-        QLORA_CHECK_ARG(params->state == o.params.state, "the state type cannot change (optimizer: %d, params: %d)",
-                        static_cast<int>(o.params.state), static_cast<int>(params->state));
+        QLORA_CHECK_ARG(qlora::raw_enum(params->state) == qlora::raw_enum(o.params.state),
+                        "the state type cannot change (optimizer: %d, params: %d)", qlora::raw_enum(o.params.state),
+                        qlora::raw_enum(params->state));
         o.params = *params;
     });
 }

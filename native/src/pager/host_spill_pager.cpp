@@ -254,8 +254,9 @@ void HostSpillPager::page_in(int64_t id, int64_t page_index, Allocation & a, uin
 }
 
 void * HostSpillPager::acquire(int64_t id, int64_t offset, int64_t bytes, qlora_pager_access access) {
-    QLORA_CHECK_ARG(access == QLORA_PAGER_READ || access == QLORA_PAGER_READ_WRITE || access == QLORA_PAGER_OVERWRITE,
-                    "unknown access value %d", static_cast<int>(access));
+    const int32_t mode = raw_enum(access);
+    QLORA_CHECK_ARG(mode == QLORA_PAGER_READ || mode == QLORA_PAGER_READ_WRITE || mode == QLORA_PAGER_OVERWRITE,
+                    "unknown access value %d", mode);
     std::lock_guard<std::mutex> lock(mutex_);
     Allocation & a = find(id, "acquire");
     QLORA_CHECK_ARG(offset >= 0 && bytes >= 1 && offset <= a.bytes && bytes <= a.bytes - offset,

@@ -34,29 +34,9 @@ public:
 void check_pager_params(const qlora_pager_params & params);
 
 std::shared_ptr<Pager> make_host_spill_pager(const qlora_pager_params & params);
-#if defined(QLORA_CUDA)
-// Provided by the CUDA backend (src/cuda).
-std::shared_ptr<Pager> make_cuda_unified_pager(const qlora_pager_params & params);
-#endif
-
-// RAII pin of a pager range: acquire in the constructor, release in the destructor.
-class PinnedRange {
-public:
-    PinnedRange(Pager & pager, int64_t id, int64_t offset, int64_t bytes, qlora_pager_access access)
-        : pager_(&pager), id_(id), offset_(offset), bytes_(bytes),
-          ptr_(static_cast<uint8_t *>(pager.acquire(id, offset, bytes, access))) {}
-    ~PinnedRange() {
-        try { pager_->release(id_, offset_, bytes_); } catch (...) { /* cannot fail for a range we pinned */ }
-    }
-    PinnedRange(const PinnedRange &) = delete;
-    PinnedRange & operator=(const PinnedRange &) = delete;
-    uint8_t * data() const { return ptr_; }
-
-private:
-    Pager *   pager_;
-    int64_t   id_, offset_, bytes_;
-    uint8_t * ptr_;
-};
+// QLORA_PAGER_CUDA_UNIFIED slots in here: a `make_cuda_unified_pager(params)`
+// defined in src/cuda (cudaMallocManaged + prefetch/advise, docs/pager.md),
+// called from qlora_pager_create where it now answers UNSUPPORTED.
 
 } // namespace qlora
 

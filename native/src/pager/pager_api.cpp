@@ -42,18 +42,21 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
         using namespace qlora;
         check_pager_params(*params);
         auto handle = std::make_unique<qlora_pager>();
-        switch (params->backing) {
+        // Raw bytes: a caller may pass any int, and loading an out-of-range
+        // value as the enum type is undefined behaviour (found by fuzzing).
+        const int32_t backing = raw_enum(params->backing);
+        switch (backing) {
             case QLORA_PAGER_HOST_SPILL_FILE: handle->impl = make_host_spill_pager(*params); break;
             case QLORA_PAGER_CUDA_UNIFIED:
 #if defined(QLORA_CUDA)
-                handle->impl = make_cuda_unified_pager(*params);
-                break;
+                fail(QLORA_ERROR_UNSUPPORTED, "backing QLORA_PAGER_CUDA_UNIFIED is not implemented yet (this build has "
+                     "the CUDA backend, but not its unified-memory pager)");
 #else
                 fail(QLORA_ERROR_UNSUPPORTED,
                      "backing QLORA_PAGER_CUDA_UNIFIED needs the CUDA backend (configure with -DQLORA_CUDA=ON)");
 #endif
             default:
-                fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backing value %d", static_cast<int>(params->backing));
+                fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backing value %d", backing);
         }
         *out = handle.release();
     });
@@ -78,7 +81,12 @@ QLORA_API qlora_status qlora_pager_acquire(qlora_pager_t pager, int64_t id, int6
     return QLORA_GUARD({
         auto & p = qlora::checked(pager);
         QLORA_CHECK_NOT_NULL(out_ptr);
-        *out_ptr = p.acquire(id, offset, bytes, access);
+        // Validate the enum from its bits: an out-of-range value must not be
+        // used as a qlora_pager_access (undefined behaviour in C++).
+        const int32_t mode = qlora::raw_enum(access);
+        QLORA_CHECK_ARG(mode == QLORA_PAGER_READ || mode == QLORA_PAGER_READ_WRITE || mode == QLORA_PAGER_OVERWRITE,
+                        "unknown access value %d", mode);
+        *out_ptr = p.acquire(id, offset, bytes, static_cast<qlora_pager_access>(mode));
     });
 }
 
