@@ -78,12 +78,14 @@ internal sealed partial class App
     {
         bool json = args.Contains("--json");
         bool verbose = args.Contains("--verbose") || args.Contains("-v");
+        Command? parsed = null;
         try
         {
             string[] original = args;
             var first = Root.Parse(args);
             if (first.Action is HelpWithExamples || first.GetResult(Root.Options.OfType<VersionOption>().Single()) is not null) return first.Invoke();
             var command = first.CommandResult.Command;
+            parsed = command;
             string? config = first.GetResult(Config) is { } cr && cr.Tokens.Count > 0 ? first.GetValue(Config) : null;
             config ??= _implicitConfig.TryGetValue(command, out var implicitPath) && first.Errors.Count == 0 ? implicitPath(first) : null;
             if (config is not null)
@@ -95,7 +97,7 @@ internal sealed partial class App
         }
         catch (Exception e)
         {
-            return Failed(e, json, verbose, null);
+            return Failed(e, json, verbose, parsed);
         }
     }
 
