@@ -45,6 +45,8 @@ internal sealed partial class App
             Root.Parse(["--help"]).Invoke();
             return ExitCode.Ok;
         });
+        // The command groups (one line each). A group written against the (RootCommand, --json, --verbose) signature
+        // registers with AddGroup, e.g. AddGroup(BenchCommands.Add, ("bench --suite kernels", "..."));
         EnvCommands.Add(this);
         ModelCommands.Add(this);
         TrainCommands.Add(this);
@@ -62,6 +64,18 @@ internal sealed partial class App
     {
         Root.Add(command);
         _examples[command] = examples;
+    }
+
+    /// <summary>
+    /// Adds the commands a group's <c>Add(RootCommand, Option&lt;bool&gt; json, Option&lt;bool&gt; verbose)</c> registers (its
+    /// actions report errors through <see cref="global::Cli.Run"/>), with help examples matched to them by their first word.
+    /// </summary>
+    public void AddGroup(Action<RootCommand, Option<bool>, Option<bool>> add, params (string Args, string What)[] examples)
+    {
+        var before = Root.Subcommands.ToHashSet();
+        add(Root, Json, Verbose);
+        foreach (var c in Root.Subcommands.Where(c => !before.Contains(c) && !c.Hidden))
+            _examples[c] = examples.Where(x => x.Args.Split(' ')[0] == c.Name).ToArray();
     }
 
     /// <summary>A config file a command reads when --config is not given (finetune --resume: the run's saved options).</summary>
@@ -115,7 +129,8 @@ internal sealed partial class App
         }
     }
 
-    private int Failed(Exception e, bool json, bool verbose, Command? command)
+    /// <summary>Reports an exception as the one-line error of <paramref name="command"/>; returns the exit code.</summary>
+    internal static int Failed(Exception e, bool json, bool verbose, Command? command)
     {
         var root = Errors.Root(e);
         return root switch
@@ -127,11 +142,11 @@ internal sealed partial class App
     }
 
     // One line on stderr (plus the trace with --verbose); with --json also {"error", "exit_code"} on stdout.
-    private int Fail(int code, string message, bool json, Exception? trace, bool verbose, Command? command)
+    private static int Fail(int code, string message, bool json, Exception? trace, bool verbose, Command? command)
     {
         string line = $"qlora: error: {message}";
         if (code == ExitCode.Usage)
-            line += command is null || command == Root ? " (see 'qlora --help')" : $" (see 'qlora {command.Name} --help')";
+            line += command is null or RootCommand ? " (see 'qlora --help')" : $" (see 'qlora {command.Name} --help')";
         Console.Error.WriteLine(line);
         if (trace is not null) Console.Error.WriteLine(trace);
         if (json) Console.Out.WriteLine(Ui.JsonLine(new JsonObject { ["error"] = message, ["exit_code"] = code }));

@@ -84,6 +84,38 @@ public class CliTests
         }
     }
 
+    [Test]
+    public void AGroupWithTheRootCommandSignatureGetsExamplesAndOneLineErrors()
+    {
+        var app = new App();
+        app.AddGroup((root, json, verbose) =>
+        {
+            var c = new System.CommandLine.Command("x-fails", "always fails");
+            c.SetAction(r => global::Cli.Run(r, verbose, () => throw new FileNotFoundException("x.bin: no such file")));
+            root.Add(c);
+        }, ("x-fails --json", "fails"));
+        var cmd = app.Root.Subcommands.Single(c => c.Name == "x-fails");
+        Assert.That(app.Examples[cmd], Has.Length.EqualTo(1));
+        var err = new StringWriter();
+        var stdout = new StringWriter();
+        var (oldErr, oldOut) = (Console.Error, Console.Out);
+        Console.SetError(err);
+        Console.SetOut(stdout);
+        int rc;
+        try
+        {
+            rc = app.Main(["x-fails", "--json"]);
+        }
+        finally
+        {
+            Console.SetError(oldErr);
+            Console.SetOut(oldOut);
+        }
+        Assert.That(rc, Is.EqualTo(1));
+        Assert.That(err.ToString().Trim(), Is.EqualTo("qlora: error: x.bin: no such file"));
+        Assert.That(JsonNode.Parse(stdout.ToString())!["exit_code"]!.GetValue<int>(), Is.EqualTo(1));
+    }
+
     // Splits a command line as a POSIX shell does for these examples (double quotes group, \" escapes).
     private static string[] ShellWords(string line)
     {
@@ -314,6 +346,38 @@ public class CliTests
         Assert.That(loud.Stderr, Does.Contain("default model").And.Not.Contain("\u001b["), "plain log lines, no terminal escape codes");
         Assert.That(loud.Stdout, Does.Contain("model.bin").And.Not.Contain("\u001b["));
         Assert.That(loud.Stdout.Trim(), Does.Not.StartWith("{"));
+    }
+
+    [Test]
+    public void FinetuneShowsLiveProgressOnATerminal()
+    {
+        // util-linux `script` runs the tool on a pseudo-terminal and copies what it draws to our stdout.
+        if (!File.Exists("/usr/bin/script")) Assert.Ignore("util-linux script (a pseudo-terminal) is not installed");
+        string outDir = Dir("ft-live");
+        string[] args = ["finetune", "--out", outDir, .. Tiny, "--steps", "3"];
+        static string Q(string a) => "'" + a.Replace("'", "'\\''") + "'";
+        string line = string.Join(' ', new[] { QloraProcess.DotnetHost, QloraProcess.ToolDll }.Concat(args).Select(Q));
+        var psi = new System.Diagnostics.ProcessStartInfo("/usr/bin/script") { RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false };
+        foreach (string a in new[] { "-qec", line, "/dev/null" }) psi.ArgumentList.Add(a);
+        psi.Environment["TERM"] = "xterm-256color";
+        psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        p.StandardInput.Close();
+        var read = p.StandardOutput.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromSeconds(180)))
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail("qlora finetune on a terminal did not finish");
+        }
+        string screen = read.Result;
+        Assert.That(p.ExitCode, Is.Zero, screen);
+        // The live display: escape codes, and a bar (drawn while the next step runs; a finished bar is hidden) whose text has step, loss, tokens/s and memory, with percent and ETA.
+        Assert.That(screen, Does.Contain("\u001b["));
+        var bar = screen.Split('\r', '\n').LastOrDefault(l => l.Contains("step 2/3", StringComparison.Ordinal));
+        Assert.That(bar, Is.Not.Null, screen);
+        Assert.That(bar, Does.Contain("loss ").And.Contain("tok/s").And.Contain("MiB").And.Contain("%"));
+        Assert.That(bar, Does.Match(@"\d\d:\d\d:\d\d"), "remaining time");
+        Assert.That(File.Exists(Path.Combine(outDir, "adapter_model.safetensors")));
     }
 
     // ------------------------------------------------------------------ bad input

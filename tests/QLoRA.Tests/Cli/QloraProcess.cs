@@ -48,6 +48,9 @@ internal sealed class QloraProcess : IDisposable
         }
     }
 
+    /// <summary>The dotnet host that runs the tool.</summary>
+    public static string DotnetHost => Dotnet;
+
     private static string Dotnet => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } p && File.Exists(p) ? p : "dotnet";
 
     public QloraProcess(IEnumerable<string> args, IDictionary<string, string?>? env = null, string? workingDirectory = null)
