@@ -436,7 +436,7 @@ public class CliTests
         AssertOneLineError(QloraProcess.Run(["finetune", "--quant", "nf5"]), 2, "--quant", "nf5");
         AssertOneLineError(QloraProcess.Run(["finetune", "--steps", "0"]), 2, "--steps");
         AssertOneLineError(QloraProcess.Run(["quantize"]), 2, "--out");
-        AssertOneLineError(QloraProcess.Run(["bench", "--suite", "nope"]), 2, "--suite");
+        AssertOneLineError(QloraProcess.Run(["bench", "--frobnicate"]), 2, "--frobnicate");
         AssertOneLineError(QloraProcess.Run(["frobnicate"]), 2, "frobnicate");
     }
 
