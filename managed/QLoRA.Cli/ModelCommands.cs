@@ -327,7 +327,7 @@ internal static class ModelCommands
 
     private static IEnumerable<string> Parts(string v) => v.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
 
-    private static string[] ProbeCommand()
+    internal static string[] ProbeCommand()
     {
         string exe = Environment.ProcessPath ?? "dotnet";
         return Path.GetFileNameWithoutExtension(exe) == "dotnet"
@@ -335,7 +335,7 @@ internal static class ModelCommands
             : [exe, "load-probe"];
     }
 
-    private static string? FindRepoRoot()
+    internal static string? FindRepoRoot()
     {
         for (var d = new DirectoryInfo(Environment.CurrentDirectory); d is not null; d = d.Parent)
             if (Directory.Exists(Path.Combine(d.FullName, "tests", "QLoRA.Tests"))) return d.FullName;
