@@ -53,6 +53,19 @@ internal static class ModelCommands
         Description = "llama2.c models: the tokenizer.bin (default: tokenizer.bin next to the model)",
     };
 
+    private static Option<string> AdapterOption() => new("--adapter")
+    {
+        Description = "a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to apply to the model",
+    };
+
+    // Puts a PEFT adapter on the loaded model (names and shapes checked against it first).
+    private static void ApplyAdapter(LoadedModel loaded, string? dir)
+    {
+        if (dir is null) return;
+        var lora = QLoRA.Adapters.PeftAdapter.Load(loaded.Model, dir, loaded.Model.ComputeDtype);
+        Log($"adapter {dir}: r={lora.Options.Rank}, alpha={lora.Options.Alpha} on {lora.Layers.Count} layers");
+    }
+
     private static torch.ScalarType ParseDtype(string s) => s.ToLowerInvariant() switch
     {
         "fp32" or "float32" => torch.ScalarType.Float32,
@@ -135,9 +148,10 @@ internal static class ModelCommands
         var window = new Option<int?>("--window") { Description = "tokens per forward pass (default: the model's context length)" };
         var stride = new Option<int?>("--stride") { Description = "tokens between window starts (default: half the window); each token is scored once" };
         var dtype = DtypeOption();
+        var adapter = AdapterOption();
         var cmd = new Command("eval", "Perplexity of the model on a UTF-8 text file (sliding window)")
         {
-            model, tokenizer, data, quant, maxTokens, window, stride, dtype,
+            model, tokenizer, data, quant, maxTokens, window, stride, dtype, adapter,
         };
         cmd.SetAction(r => global::Cli.Run(r, verbose, () =>
         {
@@ -159,6 +173,7 @@ internal static class ModelCommands
             {
                 Quant = spec, ComputeDtype = ParseDtype(r.GetValue(dtype)!), TokenizerPath = r.GetValue(tokenizer), Log = Log,
             });
+            ApplyAdapter(loaded, r.GetValue(adapter));
             int win = r.GetValue(window) ?? loaded.Model.Config.MaxPositions;
             if (win < 2 || win > loaded.Model.Config.MaxPositions)
                 throw new ArgumentException($"--window {win}: must be in [2, {loaded.Model.Config.MaxPositions}] (the model's context)");
@@ -200,9 +215,10 @@ internal static class ModelCommands
         var chat = new Option<bool>("--chat") { Description = "format the prompt as an instruction with the model's chat template" };
         var template = new Option<string?>("--template") { Description = "chat template to use with --chat: alpaca, llama2, llama3 or chatml (default: the model's)" };
         var dtype = DtypeOption();
+        var adapter = AdapterOption();
         var cmd = new Command("generate", "Generate text (streams tokens; --temperature 0 is greedy)")
         {
-            model, tokenizer, prompt, maxNew, temperature, topP, topK, seed, quant, chat, template, dtype,
+            model, tokenizer, prompt, maxNew, temperature, topP, topK, seed, quant, chat, template, dtype, adapter,
         };
         cmd.SetAction(r => global::Cli.Run(r, verbose, () =>
         {
@@ -215,6 +231,7 @@ internal static class ModelCommands
             {
                 Quant = QuantSpec.Parse(r.GetValue(quant)!), ComputeDtype = ParseDtype(r.GetValue(dtype)!), TokenizerPath = r.GetValue(tokenizer), Log = Log,
             });
+            ApplyAdapter(loaded, r.GetValue(adapter));
             var tok = loaded.RequireTokenizer();
             string text = r.GetValue(prompt)!;
             List<int> ids;

@@ -35,6 +35,7 @@ demo.SetAction(r => Cli.Run(r, verbose, () => Cli.Demo(r.GetValue(demoModel)!, r
 root.Add(demo);
 
 ModelCommands.Add(root, json, verbose);
+TrainCommands.Add(root, json, verbose);
 
 return root.Parse(args).Invoke();
 

@@ -197,7 +197,8 @@ public static class Checkpoints
         }
     }
 
-    private static void CopyTokenizer(LoadedModel loaded, string outDir, string? llama2cTokenizerPath)
+    /// <summary>Tokenizer files for a model directory: copied from a Hugging Face source directory, or built from llama2.c's tokenizer.bin.</summary>
+    public static void CopyTokenizer(LoadedModel loaded, string outDir, string? llama2cTokenizerPath)
     {
         if (Directory.Exists(loaded.Source))
         {
