@@ -15,7 +15,7 @@ using TorchSharp;
 
 namespace QLoRA.Cli;
 
-/// <summary>The inference commands of CLI.md: quantize, eval, generate, inspect, and bench --suite models.</summary>
+/// <summary>The inference commands of CLI.md: quantize, eval, generate, inspect (bench: <see cref="BenchCommands"/>).</summary>
 internal static class ModelCommands
 {
     public static void Add(RootCommand root, Option<bool> json, Option<bool> verbose)
@@ -24,7 +24,6 @@ internal static class ModelCommands
         root.Add(Eval(json, verbose));
         root.Add(Generate(json, verbose));
         root.Add(Inspect(json, verbose));
-        root.Add(Bench(json, verbose));
         var probe = new Command("load-probe", "(internal) load a model directory with NF4 and print peak memory as JSON") { Hidden = true };
         var probeDir = new Argument<string>("dir");
         probe.Add(probeDir);
@@ -286,44 +285,7 @@ internal static class ModelCommands
         return cmd;
     }
 
-    // ------------------------------------------------------------------ bench
-
-    private static Command Bench(Option<bool> json, Option<bool> verbose)
-    {
-        var suite = new Option<string>("--suite") { Description = "models (perplexity fp32/NF4/FP4/Int4, generation speed, 1B load memory)", DefaultValueFactory = _ => "models" };
-        var maxTokens = new Option<int>("--max-tokens") { Description = "tokens of each evaluation text", DefaultValueFactory = _ => 16384 };
-        var noProbe = new Option<bool>("--no-load-probe") { Description = "skip the synthetic 1B checkpoint (writes 2.2 GB to the temp folder)" };
-        var writeFixture = new Option<bool>("--write-fixture") { Description = "(re)write the in-domain fixture: stories sampled from the fp32 default model, seeds 1..40" };
-        var repo = new Option<string?>("--repo") { Description = "repository root holding the fixture (default: found from the current directory)" };
-        var parts = new Option<string>("--parts") { Description = "comma-separated: perplexity, generation, load", DefaultValueFactory = _ => "perplexity,generation,load" };
-        var cmd = new Command("bench", "Benchmark report (markdown table; JSON with --json)") { suite, maxTokens, noProbe, writeFixture, repo, parts };
-        cmd.SetAction(r => global::Cli.Run(r, verbose, () =>
-        {
-            string s = r.GetValue(suite)!;
-            if (s != "models") throw new ArgumentException($"--suite {s}: this build has the models suite only");
-            string root = r.GetValue(repo) ?? FindRepoRoot() ?? throw new DirectoryNotFoundException("cannot find the repository root (a folder with tests/QLoRA.Tests); pass --repo DIR");
-            if (r.GetValue(writeFixture))
-            {
-                using var fp32 = ModelLoader.Load("default", new ModelLoadOptions { Quant = QuantSpec.None, Log = Log });
-                string text = ModelsReport.SampleStories(fp32, 40, 1);
-                string fixture = Path.Combine(root, ModelsReport.InDomainFixture);
-                Directory.CreateDirectory(Path.GetDirectoryName(fixture)!);
-                File.WriteAllText(fixture, text);
-                Log($"wrote {fixture} ({text.Length} characters)");
-            }
-            var p = r.GetValue(parts)!.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).ToHashSet();
-            foreach (string x in p)
-                if (x is not ("perplexity" or "generation" or "load")) throw new ArgumentException($"--parts: unknown part \"{x}\" (perplexity, generation, load)");
-            string[]? probe = r.GetValue(noProbe) || !p.Contains("load") ? null : ProbeCommand();
-            var (results, md) = ModelsReport.Run(root, r.GetValue(maxTokens), probe, log: Log, perplexity: p.Contains("perplexity"), generation: p.Contains("generation"));
-            if (r.GetValue(json)) Print(new JsonObject { ["suite"] = s, ["results"] = new JsonArray(results.Select(x => (JsonNode)x.ToJson()).ToArray()) });
-            else Console.WriteLine(md);
-            return 0;
-        }));
-        return cmd;
-    }
-
-    private static string[] ProbeCommand()
+    internal static string[] ProbeCommand()
     {
         string exe = Environment.ProcessPath ?? "dotnet";
         return Path.GetFileNameWithoutExtension(exe) == "dotnet"
@@ -331,7 +293,7 @@ internal static class ModelCommands
             : [exe, "load-probe"];
     }
 
-    private static string? FindRepoRoot()
+    internal static string? FindRepoRoot()
     {
         for (var d = new DirectoryInfo(Environment.CurrentDirectory); d is not null; d = d.Parent)
             if (Directory.Exists(Path.Combine(d.FullName, "tests", "QLoRA.Tests"))) return d.FullName;

@@ -36,6 +36,7 @@ root.Add(demo);
 
 ModelCommands.Add(root, json, verbose);
 TrainCommands.Add(root, json, verbose);
+BenchCommands.Add(root, json, verbose);
 
 return root.Parse(args).Invoke();
 

@@ -1,0 +1,108 @@
+using QLoRA.Models;
+
+using TorchSharp;
+
+using static TorchSharp.torch;
+
+namespace QLoRA.Reports;
+
+/// <summary>A model the training benchmark runs: the default model, or a LLaMA-shaped configuration with random weights.</summary>
+/// <param name="Key">Command-line name ("15m", "125m", "350m", "1b").</param>
+/// <param name="Label">Human name, with the shape it copies.</param>
+/// <param name="Config">The configuration; null for the default model (stories15M, loaded from its checkpoint).</param>
+public sealed record BenchModel(string Key, string Label, LlamaConfig? Config)
+{
+    /// <summary>True for the real default model (stories15M).</summary>
+    public bool IsDefault => Config is null;
+}
+
+/// <summary>
+/// LLaMA-shaped configurations built in code with random weights, for time and memory measurements (right for
+/// both, never for quality), and the closed-form LLaMA parameter count they are checked against.
+/// </summary>
+public static class SyntheticModels
+{
+    /// <summary>SmolLM-135M's shape with LLaMA-2's 32000-token vocabulary: 124.6M parameters.</summary>
+    public static LlamaConfig Config125M { get; } = Make(hidden: 576, intermediate: 1536, layers: 30, heads: 9, kvHeads: 3, tied: true);
+
+    /// <summary>SmolLM-360M's shape with a 32000-token vocabulary: 345.4M parameters.</summary>
+    public static LlamaConfig Config350M { get; } = Make(hidden: 960, intermediate: 2560, layers: 32, heads: 15, kvHeads: 5, tied: true);
+
+    /// <summary>TinyLlama-1.1B's shape (GQA 32/4 heads, untied head): 1,100,048,384 parameters.</summary>
+    public static LlamaConfig Config1B => ModelsReport.SyntheticConfig1B;
+
+    /// <summary>The benchmark's models, smallest first.</summary>
+    public static IReadOnlyList<BenchModel> All { get; } =
+    [
+        new("15m", "stories15M (default model, real weights)", null),
+        new("125m", "125M (SmolLM-135M shape, vocab 32000)", Config125M),
+        new("350m", "350M (SmolLM-360M shape, vocab 32000)", Config350M),
+        new("1b", "1.1B (TinyLlama-1.1B shape)", Config1B),
+    ];
+
+    /// <summary>The model called <paramref name="key"/>.</summary>
+    /// <exception cref="ArgumentException">An unknown name (the message lists the known ones).</exception>
+    public static BenchModel Find(string key) =>
+        All.FirstOrDefault(m => string.Equals(m.Key, key, StringComparison.OrdinalIgnoreCase))
+        ?? throw new ArgumentException($"unknown benchmark model \"{key}\" (known: {string.Join(", ", All.Select(m => m.Key))})", nameof(key));
+
+    private static LlamaConfig Make(int hidden, int intermediate, int layers, int heads, int kvHeads, bool tied) => new LlamaConfig
+    {
+        VocabSize = 32000, HiddenSize = hidden, IntermediateSize = intermediate, NumLayers = layers, NumHeads = heads, NumKvHeads = kvHeads,
+        HeadDim = hidden / heads, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositions = 2048, TieWordEmbeddings = tied,
+        BosTokenId = 1, EosTokenIds = [2], TorchDtype = "bfloat16",
+    }.Validate("synthetic config");
+
+    /// <summary>
+    /// The closed-form LLaMA parameter count: V d (x2 with an untied head) + L (d (q + 2 kv) + q d + 3 d f + 2 d) + d,
+    /// with q = heads x head_dim, kv = kv_heads x head_dim, f the MLP width (no biases).
+    /// </summary>
+    public static long ClosedFormParameterCount(LlamaConfig c)
+    {
+        long d = c.HiddenSize, f = c.IntermediateSize, v = c.VocabSize, q = c.QueryDim, kv = c.KvDim;
+        long perLayer = d * (q + 2 * kv) + q * d + 3 * d * f + 2 * d;
+        return v * d * (c.TieWordEmbeddings ? 1 : 2) + c.NumLayers * perLayer + d;
+    }
+
+    /// <summary>Parameters of the decoder's linear layers (the ones that are quantized): L (d (q + 2 kv) + q d + 3 d f).</summary>
+    public static long LinearParameterCount(LlamaConfig c) =>
+        Enumerable.Range(0, c.NumLayers).Sum(l => ModelLoader.LinearNames(c, l).Sum(x => x.Rows * x.Cols));
+
+    /// <summary>
+    /// Builds <paramref name="config"/> with random weights (linear weights and embeddings N(0, 0.02^2), norms 1):
+    /// every linear weight is drawn in fp32 from a generator seeded with <paramref name="seed"/> and then quantized
+    /// or converted exactly as a loader does (<see cref="ModelLoader.MakeLinear"/>), one at a time, so the same seed
+    /// gives the same underlying weights in every format and building never holds more than one fp32 matrix extra.
+    /// </summary>
+    public static LlamaForCausalLM Build(LlamaConfig config, QuantSpec quant, ScalarType dtype, int seed, Action<string>? log = null)
+    {
+        TorchRuntime.EnsureLoaded();
+        var c = config;
+        using var gen = new Generator((ulong)seed);
+        Tensor Randn(long rows, long cols) => randn([rows, cols], ScalarType.Float32, generator: gen).mul_(0.02f);
+        Tensor AsDtype(Tensor t)
+        {
+            if (t.dtype == dtype) return t;
+            using (t) return t.to(dtype);
+        }
+        FrozenLinear Lin(long rows, long cols)
+        {
+            using var w = Randn(rows, cols);
+            return ModelLoader.MakeLinear(TensorViews.RowView(w), rows, cols, quant, dtype);
+        }
+        int d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, h = c.IntermediateSize;
+        var embed = new TokenEmbedding(AsDtype(Randn(c.VocabSize, d)));
+        var layers = new List<LlamaDecoderLayer>(c.NumLayers);
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            var attn = new LlamaAttention(c, l, Lin(q, d), Lin(kv, d), Lin(kv, d), Lin(d, q));
+            var mlp = new LlamaMlp(Lin(h, d), Lin(h, d), Lin(d, h));
+            layers.Add(new LlamaDecoderLayer(new RmsNorm(ones([d], dtype), c.RmsNormEps), attn, new RmsNorm(ones([d], dtype), c.RmsNormEps), mlp));
+            if ((l + 1) % 8 == 0 || l + 1 == c.NumLayers) log?.Invoke($"  built layer {l + 1}/{c.NumLayers}");
+        }
+        var head = c.TieWordEmbeddings ? new OutputHead(embed.Weight) : new OutputHead(AsDtype(Randn(c.VocabSize, d)));
+        var model = new LlamaForCausalLM(c, new LlamaModel(embed, layers, new RmsNorm(ones([d], dtype), c.RmsNormEps)), head, dtype);
+        model.eval();
+        return model;
+    }
+}
