@@ -328,6 +328,86 @@ QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_contex
 QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx);
 
 /* ------------------------------------------------------------------------ */
+/* CUDA backend: device-resident data and streams (docs/cuda.md)            */
+/* ------------------------------------------------------------------------ */
+/*
+ * Built with -DQLORA_CUDA=ON (the library is then libqlora_cuda); in other
+ * builds every function of this section returns QLORA_ERROR_UNSUPPORTED.
+ *
+ * A QLORA_BACKEND_CUDA context is bound to one device (params.device) and one
+ * stream (the legacy default stream until qlora_context_set_cuda_stream).
+ * Its ops take either
+ *  - device data: every view has `device` = the context's device and points
+ *    to CUDA memory of that device (cudaMalloc'd or managed), and every 4-bit
+ *    tensor lives on that device. The work is queued on the context's stream
+ *    and the call returns without waiting, except where a result must reach
+ *    the host (below); or
+ *  - host data: every view is host memory and every tensor a host tensor.
+ *    The data is staged: copied to the device, computed there and copied
+ *    back; the call synchronizes the stream before it returns (also when it
+ *    fails), so the caller's memory is free to reuse.
+ * Mixing the two in one call is INVALID_ARGUMENT (the message names the
+ * arrays), as is a view or tensor on another device, a view whose `device`
+ * says CUDA but whose pointer is host memory, and device data or a device
+ * tensor on a REF or CPU context. Tables (qlora_q8_* `code`) are always host
+ * memory.
+ *
+ * Ops with device data on a CUDA context, and where they synchronize:
+ *  - qlora_q4_quantize: creates a device tensor; synchronizes (it reports the
+ *    first NaN/Inf and computes the double-quantization offset on the host);
+ *  - qlora_q4_dequantize (into a device view): asynchronous;
+ *  - qlora_q8_quantize: synchronizes once (NaN/Inf check before writing);
+ *    qlora_q8_dequantize: asynchronous;
+ *  - qlora_q4_matmul: asynchronous. Also takes F16 x and y (any mix of F32,
+ *    BF16 and F16). M <= 8 (and K % 8 == 0) runs a gemv kernel that streams
+ *    W once; larger problems run either a fused tiled kernel (W decoded to
+ *    fp32 in shared memory) or, for large M, W dequantized chunk by chunk
+ *    into a reused device tile (in x's dtype: with BF16/F16 x, W is rounded
+ *    to 16 bits there, as bitsandbytes does) followed by a cuBLAS GEMM with
+ *    fp32 accumulation. Deterministic for a given device and shape;
+ *  - qlora_adamw_step: synchronizes once (the gradient norm: non-finite
+ *    gradients are refused before anything changes); unpaged states move to
+ *    the device on the first CUDA step and stay there; a CUDA_UNIFIED pager
+ *    prefetches each group of pages before use, and the step synchronizes
+ *    before releasing it. Results are bit-identical to the CPU backends.
+ * Every result equals the REF backend's bit for bit, except the matmul
+ * (fp32 accumulation, error bounds as on the CPU backend).
+ *
+ * Errors: CUDA runtime failures are QLORA_ERROR_CUDA with the operation and
+ * CUDA's error name and text; device memory exhaustion is
+ * QLORA_ERROR_OUT_OF_MEMORY with the requested and free sizes. An error in a
+ * kernel (a sticky CUDA error) is reported by the next call that checks;
+ * as in every CUDA program, the device context is then unusable. Nothing
+ * aborts the process.
+ */
+
+/* Number of CUDA devices the driver reports (0 when there is no driver or
+ * device; the message then says why). UNSUPPORTED in builds without CUDA. */
+QLORA_API qlora_status qlora_cuda_device_count(int32_t * out);
+
+/* Makes the context queue its work on `stream` (a cudaStream_t of the
+ * context's device; NULL = the legacy default stream, where TorchSharp and
+ * PyTorch run unless told otherwise). The stream must stay valid while the
+ * context uses it: until it is replaced or the context is freed. Work
+ * already queued on the previous stream is not waited for. INVALID_ARGUMENT
+ * on a non-CUDA context. */
+QLORA_API qlora_status qlora_context_set_cuda_stream(qlora_context_t ctx, void * stream);
+QLORA_API qlora_status qlora_context_get_cuda_stream(qlora_context_t ctx, void ** out);
+
+/* Waits until the work queued on the context's stream has finished
+ * (cudaStreamSynchronize); reports errors of that work. */
+QLORA_API qlora_status qlora_context_synchronize(qlora_context_t ctx);
+
+/* A copy of `tensor` on the context's device (a host tensor, or a device
+ * tensor of the same device). Synchronizes when copying from the host, so
+ * the host tensor may be freed as soon as it returns. */
+QLORA_API qlora_status qlora_q4_to_device(qlora_context_t ctx, qlora_q4_tensor_t tensor, qlora_q4_tensor_t * out);
+
+/* A host copy of `tensor` (a device tensor of the context's device, or a host
+ * tensor). Synchronizes. qlora_q4_get_parts then works on the copy. */
+QLORA_API qlora_status qlora_q4_to_host(qlora_context_t ctx, qlora_q4_tensor_t tensor, qlora_q4_tensor_t * out);
+
+/* ------------------------------------------------------------------------ */
 /* ABI introspection                                                         */
 /* ------------------------------------------------------------------------ */
 /* The library's own answers about the layout of this header's types, so that

@@ -5,7 +5,10 @@
 //            the NuGet cache of libtorch-cpu-linux-x64 2.10.0), 2 threads;
 //   deq    - dequantize the whole W (qlora_q4_dequantize) then the same dense GEMM;
 //   stream - a read of the same weight bytes (M = 1 is bandwidth-bound), 2 threads.
-// The last benchmark, Matmul/table, prints the table with the ratios.
+// Matmul/core/* repeat the compute-bound sizes on one thread, timed by the
+// thread's CPU time (robust to time-slicing on a shared machine), next to MKL
+// on one thread and the measured per-core FMA / vdpbf16ps peak.
+// The last benchmark, Matmul/table, prints both tables with the ratios.
 //
 //   artifacts/native/dev/tests/native/qlora_bench --benchmark_filter='Matmul'
 #include "qlora.h"
@@ -19,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <random>
@@ -47,6 +51,7 @@ using gemm_bf16_fn = void (*)(int, int, int, int64_t, int64_t, int64_t, float, c
 struct Mkl {
     sgemm_fn     sgemm = nullptr;
     gemm_bf16_fn gemm_bf16 = nullptr;
+    int (*set_threads)(const int *) = nullptr; // mkl_set_num_threads_local (this thread's calls)
     std::string  status;
 };
 
@@ -76,6 +81,7 @@ Mkl & mkl() {
         const int n = kThreads;
         if (omp_set) omp_set(n);
         if (mkl_set) mkl_set(&n);
+        r.set_threads = mkl_set;
         r.status = "dense baselines: MKL from " + path + " (sgemm_" + (r.sgemm ? "" : " MISSING") +
                    ", cblas_gemm_bf16bf16f32" + (r.gemm_bf16 ? "" : " MISSING") + "), " + std::to_string(n) +
                    " threads (oneDNN's C API is not exported by this libtorch_cpu.so)";
@@ -100,16 +106,17 @@ void dense_bf16(bool fwd, int64_t M, int64_t N, int64_t K, const uint16_t * x, c
 struct CtxDel { void operator()(qlora_context_t c) const { qlora_context_free(c); } };
 struct Q4Del { void operator()(qlora_q4_tensor_t t) const { qlora_q4_free(t); } };
 
-qlora_context_t ctx() {
-    static std::unique_ptr<qlora_context, CtxDel> c = [] {
-        qlora_context_params p = qlora_context_default_params();
-        p.backend = QLORA_BACKEND_CPU;
-        p.n_threads = kThreads;
-        qlora_context_t out = nullptr;
-        if (qlora_context_create(&p, &out) != QLORA_OK) std::fprintf(stderr, "context: %s\n", qlora_last_error());
-        return std::unique_ptr<qlora_context, CtxDel>(out);
-    }();
-    return c.get();
+qlora_context_t make_ctx(int threads) {
+    qlora_context_params p = qlora_context_default_params();
+    p.backend = QLORA_BACKEND_CPU;
+    p.n_threads = threads;
+    qlora_context_t out = nullptr;
+    if (qlora_context_create(&p, &out) != QLORA_OK) std::fprintf(stderr, "context: %s\n", qlora_last_error());
+    return out;
+}
+qlora_context_t ctx(int threads = kThreads) {
+    static std::unique_ptr<qlora_context, CtxDel> two(make_ctx(kThreads)), one(make_ctx(1));
+    return threads == 1 ? one.get() : two.get();
 }
 
 // Random NF4 + double-quant weights (values do not matter for timing; built
@@ -175,27 +182,37 @@ std::map<std::string, Result> & results() {
     static std::map<std::string, Result> r;
     return r;
 }
-std::string key(const char * what, bool fwd, bool bf16, int64_t M, const Shape & s) {
+std::string key(const char * what, bool fwd, bool bf16, int64_t M, const Shape & s, int threads = kThreads) {
     return std::string(what) + (fwd ? "/fwd" : "/bwd") + (bf16 ? "/bf16" : "/f32") + "/M" + std::to_string(M) +
-           "/K" + std::to_string(s.K) + "/N" + std::to_string(s.N);
+           "/K" + std::to_string(s.K) + "/N" + std::to_string(s.N) + "/t" + std::to_string(threads);
 }
 
 // The table keeps, per benchmark, the best (lowest) time per iteration over
 // all of Google Benchmark's runs of it (use --benchmark_repetitions=N for
 // more): the machine is shared, and the minimum is what is achievable. Every
 // kernel and baseline is treated the same way.
+// Per-core mode (one thread): the thread's CPU time, which time-slicing by
+// other processes does not inflate.
+double thread_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 template <typename F>
-void timed(benchmark::State & state, const std::string & k, F && body) {
+void timed(benchmark::State & state, const std::string & k, F && body, bool per_core = false) {
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = thread_cpu_seconds();
     for (auto _ : state) body();
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double dt = per_core ? thread_cpu_seconds() - c0
+                               : std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double per = dt / static_cast<double>(state.iterations());
     Result & r = results()[k];
     if (r.seconds == 0.0 || per < r.seconds) r.seconds = per;
 }
 
 // ---------------------------------------------------------------- benchmarks
-void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16) {
+void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, int threads) {
     Weights & w = weights(s);
     const int64_t in = fwd ? s.K : s.N, out = fwd ? s.N : s.K;
     const qlora_dtype dt = bf16 ? QLORA_DTYPE_BF16 : QLORA_DTYPE_F32;
@@ -207,16 +224,19 @@ void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16) {
     p.op = fwd ? QLORA_MATMUL_FORWARD : QLORA_MATMUL_BACKWARD;
     const size_t copies = M == 1 ? w.copies.size() : 1;
     size_t i = 0;
-    timed(state, key("q4", fwd, bf16, M, s), [&] {
-        if (qlora_q4_matmul(ctx(), &xv, w.copies[i].get(), &yv, &p) != QLORA_OK)
-            state.SkipWithError(qlora_last_error());
-        i = (i + 1) % copies;
-    });
+    qlora_context_t c = ctx(threads);
+    timed(
+        state, key("q4", fwd, bf16, M, s, threads),
+        [&] {
+            if (qlora_q4_matmul(c, &xv, w.copies[i].get(), &yv, &p) != QLORA_OK) state.SkipWithError(qlora_last_error());
+            i = (i + 1) % copies;
+        },
+        threads == 1);
     state.counters["GFLOP/s"] =
         benchmark::Counter(2.0 * M * s.N * s.K, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void BM_Dense(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, bool dequantize) {
+void BM_Dense(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, bool dequantize, int threads) {
     if ((!bf16 && !mkl().sgemm) || (bf16 && !mkl().gemm_bf16)) {
         state.SkipWithError(mkl().status.c_str());
         return;
@@ -233,13 +253,20 @@ void BM_Dense(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16,
     if (!bf16 && Wf.empty()) Wf.assign(static_cast<size_t>(s.N * s.K), 0.01f);
     qlora_q4_tensor_t q = weights(s).copies[0].get();
     qlora_view wv = bf16 ? view(Wh.data(), QLORA_DTYPE_BF16, s.N, s.K) : view(Wf.data(), QLORA_DTYPE_F32, s.N, s.K);
-    timed(state, key(dequantize ? "deq" : "dense", fwd, bf16, M, s), [&] {
-        if (dequantize && qlora_q4_dequantize(ctx(), q, &wv) != QLORA_OK) state.SkipWithError(qlora_last_error());
-        if (bf16) dense_bf16(fwd, M, s.N, s.K, xh.data(), Wh.data(), y.data());
-        else dense_f32(fwd, static_cast<int>(M), static_cast<int>(s.N), static_cast<int>(s.K), xf.data(), Wf.data(),
-                       y.data());
-        benchmark::DoNotOptimize(y.data());
-    });
+    if (mkl().set_threads) mkl().set_threads(&threads);
+    timed(
+        state, key(dequantize ? "deq" : "dense", fwd, bf16, M, s, threads),
+        [&] {
+            if (dequantize && qlora_q4_dequantize(ctx(threads), q, &wv) != QLORA_OK)
+                state.SkipWithError(qlora_last_error());
+            if (bf16) dense_bf16(fwd, M, s.N, s.K, xh.data(), Wh.data(), y.data());
+            else dense_f32(fwd, static_cast<int>(M), static_cast<int>(s.N), static_cast<int>(s.K), xf.data(),
+                           Wf.data(), y.data());
+            benchmark::DoNotOptimize(y.data());
+        },
+        threads == 1);
+    const int all = kThreads;
+    if (mkl().set_threads) mkl().set_threads(&all);
     state.counters["GFLOP/s"] =
         benchmark::Counter(2.0 * M * s.N * s.K, benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -310,6 +337,53 @@ void BM_Stream(benchmark::State & state, Shape s) {
                                                 benchmark::Counter::kIs1000);
 }
 
+// The physical limit per core: fp32 FMA and bf16 dot-product throughput
+// (24 independent accumulators, thread CPU time).
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void peak_fma(int64_t iters) {
+    __m512 a[24];
+    for (int i = 0; i < 24; ++i) a[i] = _mm512_set1_ps(0.001f * static_cast<float>(i));
+    __m512 b = _mm512_set1_ps(1.0000001f);
+    const __m512 c = _mm512_set1_ps(1e-7f);
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+        __asm__ volatile("" : "+v"(b));
+    }
+    for (int i = 1; i < 24; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
+    benchmark::DoNotOptimize(a[0]);
+}
+__attribute__((target("avx512f,avx512bf16"))) void peak_dpbf16(int64_t iters) {
+    __m512 a[24];
+    for (int i = 0; i < 24; ++i) a[i] = _mm512_set1_ps(0.001f * static_cast<float>(i));
+    __m512bh b = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+    const __m512bh c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; ++i) a[i] = _mm512_dpbf16_ps(a[i], b, c);
+        __asm__ volatile("" : "+v"(b));
+    }
+    for (int i = 1; i < 24; ++i) a[0] = _mm512_add_ps(a[0], a[i]);
+    benchmark::DoNotOptimize(a[0]);
+}
+#endif
+
+constexpr int64_t kPeakIters = 1 << 16;
+double peak_flop_per_iter(bool bf16) { return static_cast<double>(kPeakIters) * 24 * 16 * (bf16 ? 4 : 2); }
+
+void BM_Peak(benchmark::State & state, bool bf16) {
+#if defined(__x86_64__)
+    const bool ok = bf16 ? __builtin_cpu_supports("avx512bf16") : __builtin_cpu_supports("avx512f");
+    if (!ok) {
+        state.SkipWithError("ISA not available");
+        return;
+    }
+    timed(state, bf16 ? "peak/bf16" : "peak/f32", [&] { bf16 ? peak_dpbf16(kPeakIters) : peak_fma(kPeakIters); }, true);
+#else
+    state.SkipWithError("x86-64 only");
+#endif
+}
+
 void BM_Table(benchmark::State & state) {
     for (auto _ : state) {
     }
@@ -319,12 +393,13 @@ void BM_Table(benchmark::State & state) {
     qlora_context_get_info(ctx(), &info);
     double load[3] = {0, 0, 0};
     if (getloadavg(load, 3) < 0) load[0] = -1;
-    std::printf("\nFused 4-bit matmul (NF4 + double quant, blocksize 64), %d threads, ISA %s, load average %.1f\n%s\n",
-                info.n_threads, qlora_cpu_isa_name(info.isa), load[0], mkl().status.c_str());
+    std::printf("\nFused 4-bit matmul (NF4 + double quant, blocksize 64), ISA %s, load average %.1f\n%s\n",
+                qlora_cpu_isa_name(info.isa), load[0], mkl().status.c_str());
     std::printf("Times: the best of all runs of each benchmark (also for the baselines).\n");
     std::printf("GFLOP/s = 2 M N K / time. 'vs dense': ours / dense GEMM of the same precision on an unquantized W; "
                 "'vs deq': ours / (dequantize whole W + the same dense GEMM).\n");
     std::printf("M = 1: weight GB/s = stored 4-bit bytes / time; 'vs stream': / read bandwidth of the same bytes.\n\n");
+    std::printf("%d threads, wall clock:\n\n", kThreads);
     std::printf("| op  | act  |    K  |     N |   M | q4 GFLOP/s | dense GFLOP/s | vs dense | deq+dense GFLOP/s | vs deq | "
                 "weight GB/s | stream GB/s | vs stream |\n");
     std::printf("|-----|------|-------|-------|-----|-----------:|--------------:|---------:|------------------:|-------:|"
@@ -353,17 +428,39 @@ void BM_Table(benchmark::State & state) {
                         std::printf(" %11s | %11s | %9s |\n", "", "", "");
                     }
                 }
+    const double pf = get("peak/f32"), pb = get("peak/bf16");
+    std::printf("\nOne thread, thread CPU time (kernel efficiency, robust to time-slicing on a shared machine). "
+                "Peak per core, measured: fp32 FMA %.1f GFLOP/s, bf16 vdpbf16ps %.1f GFLOP/s.\n\n",
+                pf > 0 ? peak_flop_per_iter(false) / pf / 1e9 : 0.0, pb > 0 ? peak_flop_per_iter(true) / pb / 1e9 : 0.0);
+    std::printf("| op  | act  |    K  |     N |   M | q4 GFLOP/s/core | of peak | MKL GFLOP/s/core | vs MKL |\n");
+    std::printf("|-----|------|-------|-------|-----|----------------:|--------:|-----------------:|-------:|\n");
+    for (bool fwd : {true, false})
+        for (bool bf16 : {false, true})
+            for (const Shape & s : kShapes)
+                for (int64_t M : kMs) {
+                    const double flop = 2.0 * M * s.N * s.K;
+                    const double q = get(key("q4", fwd, bf16, M, s, 1)), d = get(key("dense", fwd, bf16, M, s, 1));
+                    if (q == 0.0) continue;
+                    const double peak = bf16 ? (pb > 0 ? peak_flop_per_iter(true) / pb : 0.0)
+                                             : (pf > 0 ? peak_flop_per_iter(false) / pf : 0.0);
+                    std::printf("| %s | %s | %5lld | %5lld | %3lld | %15.1f | %6.0f%% |", fwd ? "fwd" : "bwd",
+                                bf16 ? "bf16" : "f32 ", static_cast<long long>(s.K), static_cast<long long>(s.N),
+                                static_cast<long long>(M), flop / q / 1e9, peak > 0 ? 100.0 * flop / q / peak : 0.0);
+                    if (d > 0) std::printf(" %16.1f | %5.2fx |\n", flop / d / 1e9, d / q);
+                    else std::printf(" %16s | %6s |\n", "n/a", "n/a");
+                }
     std::printf("\n");
 }
 
 // Ours first, MKL after: MKL's OpenMP threads keep spinning for a while after
 // each call, which would steal the 2 cores from whatever runs next.
 int register_all() {
-    auto each = [](const char * what, auto && reg) {
+    auto each = [](const char * what, auto && reg, bool with_m1 = true) {
         for (const Shape & s : kShapes)
             for (bool fwd : {true, false})
                 for (bool bf16 : {false, true})
                     for (int64_t M : kMs) {
+                        if (M == 1 && !with_m1) continue;
                         const std::string name = std::string("Matmul/") + what + (fwd ? "/fwd" : "/bwd") +
                                                  (bf16 ? "/bf16" : "/f32") + "/M" + std::to_string(M) + "/K" +
                                                  std::to_string(s.K) + "/N" + std::to_string(s.N);
@@ -376,14 +473,29 @@ int register_all() {
             ->UseRealTime()
             ->MinTime(0.3);
     each("q4", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
-        return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16);
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16, kThreads);
     });
+    // per core (one thread): the compute-bound sizes (M = 1 is bandwidth-bound: 2 threads only)
+    each(
+        "core/q4",
+        [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+            return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16, 1);
+        },
+        false);
     each("dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
-        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, false);
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, false, kThreads);
     });
     each("deq_dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
-        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, true);
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, true, kThreads);
     });
+    each(
+        "core/dense",
+        [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
+            return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, false, 1);
+        },
+        false);
+    benchmark::RegisterBenchmark("Matmul/core/peak/f32", BM_Peak, false)->MinTime(0.2);
+    benchmark::RegisterBenchmark("Matmul/core/peak/bf16", BM_Peak, true)->MinTime(0.2);
     benchmark::RegisterBenchmark("Matmul/table", BM_Table)->Iterations(1)->Repetitions(1);
     return 0;
 }

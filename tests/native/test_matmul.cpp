@@ -218,6 +218,7 @@ std::vector<double> as_double(const Problem & p, const Mat & y) {
 }
 
 bool uses_bf16_tiles(const BackendCase & b, const Case & c) {
+    if (b.backend == QLORA_BACKEND_CUDA) return c.x_dtype == QLORA_DTYPE_BF16 && c.M > 8; // the cuBLAS path's tile
     return b.backend == QLORA_BACKEND_CPU && b.isa >= QLORA_ISA_AVX512_BF16 && c.x_dtype == QLORA_DTYPE_BF16;
 }
 

@@ -94,6 +94,7 @@ TEST(OptimMaps, DynamicQuantizerIsNearestWithTiesToTheEvenIndex) {
         const int map = code == qlora::optim::signed_state_map() ? 0 : 1;
         std::vector<uint8_t> want(xs.size()), got(xs.size());
         for (size_t i = 0; i < xs.size(); ++i) want[i] = qlora::quantize_dynamic(code, xs[i]);
+#if defined(QLORA_X86)
         if (qlora_cpu_isa_detected() >= QLORA_ISA_AVX2) {
             qlora::cpu::quantize_map_avx2(map, xs.data(), static_cast<int64_t>(xs.size()), got.data());
             EXPECT_EQ(got, want) << "avx2, map " << map;
@@ -103,6 +104,7 @@ TEST(OptimMaps, DynamicQuantizerIsNearestWithTiesToTheEvenIndex) {
             qlora::cpu::quantize_map_avx512(map, xs.data(), static_cast<int64_t>(xs.size()), got.data());
             EXPECT_EQ(got, want) << "avx512, map " << map;
         }
+#endif
     }
 }
 
@@ -118,11 +120,13 @@ TEST(OptimKernels, SimdKernelsMatchRefBitForBit) {
         qlora::optim::SumSqFn sumsq;
     };
     std::vector<Isa> isas;
+#if defined(QLORA_X86)
     if (qlora_cpu_isa_detected() >= QLORA_ISA_AVX2)
         isas.push_back({"avx2", QLORA_ISA_AVX2, qlora::cpu::adamw32_avx2, qlora::cpu::adamw8_avx2, qlora::cpu::sumsq_avx2});
     if (qlora_cpu_isa_detected() >= QLORA_ISA_AVX512)
         isas.push_back({"avx512", QLORA_ISA_AVX512, qlora::cpu::adamw32_avx512, qlora::cpu::adamw8_avx512,
                         qlora::cpu::sumsq_avx512});
+#endif
     if (isas.empty()) GTEST_SKIP() << "no SIMD level on this CPU";
     using qlora::optim::kBlock;
     std::mt19937 rng(77);

@@ -30,7 +30,27 @@ inline Context make_context(qlora_backend backend, qlora_cpu_isa isa = QLORA_ISA
     return Context(c);
 }
 
-// Every backend/ISA combination available on this machine, ref first.
+// True when this build has the CUDA backend and a context on device 0 can be
+// created here (a driver and a usable device exist).
+inline bool cuda_available() {
+#if QLORA_CUDA
+    static const bool ok = [] {
+        qlora_context_params p = qlora_context_default_params();
+        p.backend = QLORA_BACKEND_CUDA;
+        qlora_context_t c = nullptr;
+        if (qlora_context_create(&p, &c) != QLORA_OK) return false;
+        qlora_context_free(c);
+        return true;
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
+// Every backend/ISA combination available on this machine, ref first, then
+// the CPU levels, then CUDA when a device is present (host data is staged
+// through the device, so the same tests run the CUDA kernels).
 struct BackendCase {
     std::string   name;
     qlora_backend backend;
@@ -46,6 +66,7 @@ inline std::vector<BackendCase> available_backends() {
             out.push_back({std::string("cpu_") + qlora_cpu_isa_name(isa) + "_t" + std::to_string(threads),
                            QLORA_BACKEND_CPU, isa, threads});
     }
+    if (cuda_available()) out.push_back({"cuda", QLORA_BACKEND_CUDA, QLORA_ISA_BEST, 1});
     return out;
 }
 

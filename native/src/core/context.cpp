@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #if QLORA_CUDA
-#include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
 #endif
 
 namespace qlora {
@@ -61,7 +61,7 @@ QLORA_API qlora_status qlora_context_create(const qlora_context_params * params,
                 break;
             case QLORA_BACKEND_CUDA:
 #if QLORA_CUDA
-                cuda::select_device(params->device);
+                cuda::init_context(*ctx, params->device);
                 ctx->backend = QLORA_BACKEND_CUDA;
                 ctx->isa = isa; // host-side helpers may still use the CPU kernels
                 break;
@@ -99,12 +99,24 @@ QLORA_API qlora_status qlora_context_get_stats(qlora_context_t ctx, qlora_contex
         qlora_context_stats s{};
         s.scratch_bytes = c.scratch.bytes();
         s.scratch_peak_bytes = c.scratch.peak();
+#if QLORA_CUDA
+        if (c.cuda) { // device scratch counts too
+            s.scratch_bytes += qlora::cuda::scratch_bytes(c);
+            s.scratch_peak_bytes += qlora::cuda::scratch_peak(c);
+        }
+#endif
         *out = s;
     });
 }
 
 QLORA_API qlora_status qlora_context_reset_stats(qlora_context_t ctx) {
-    return QLORA_GUARD({ qlora::checked(ctx).scratch.release(); });
+    return QLORA_GUARD({
+        auto & c = qlora::checked(ctx);
+        c.scratch.release();
+#if QLORA_CUDA
+        if (c.cuda) qlora::cuda::release_scratch(c);
+#endif
+    });
 }
 
 } // extern "C"

@@ -7,12 +7,17 @@
 
 #include <memory>
 
+namespace qlora::cuda {
+struct CudaState; // src/cuda/cuda_state.hpp
+}
+
 struct qlora_context {
     qlora_backend backend = QLORA_BACKEND_CPU; // resolved, never AUTO
     qlora_cpu_isa isa = QLORA_ISA_SCALAR;      // what CPU kernels may use
     int32_t       device = 0;
     std::unique_ptr<qlora::ThreadPool> pool;
     qlora::Scratch scratch; // per-thread tiles of the kernels (qlora_context_get_stats)
+    std::shared_ptr<qlora::cuda::CudaState> cuda; // CUDA contexts: stream, cuBLAS, device scratch
 
     qlora::ThreadPool & threads() { return *pool; }
 };

@@ -52,8 +52,10 @@ qlora_cpu_isa detect_cpu_isa() {
     return isa;
 }
 
-const char * cpu_isa_name(qlora_cpu_isa isa) {
-    switch (raw_enum(isa)) {
+const char * cpu_isa_name(qlora_cpu_isa isa) { return cpu_isa_name_raw(raw_enum(isa)); }
+
+const char * cpu_isa_name_raw(int32_t isa) {
+    switch (isa) {
         case QLORA_ISA_SCALAR: return "scalar";
         case QLORA_ISA_AVX2: return "avx2";
         case QLORA_ISA_AVX512: return "avx512";
@@ -79,5 +81,7 @@ int hardware_threads() {
 
 extern "C" {
 QLORA_API qlora_cpu_isa qlora_cpu_isa_detected(void) { return qlora::detect_cpu_isa(); }
-QLORA_API const char * qlora_cpu_isa_name(qlora_cpu_isa isa) { return qlora::cpu_isa_name(isa); }
+// The argument is read as raw bytes: a caller may pass any int, and loading an
+// out-of-range value as the enum type is undefined behaviour (found by fuzzing).
+QLORA_API const char * qlora_cpu_isa_name(qlora_cpu_isa isa) { return qlora::cpu_isa_name_raw(qlora::raw_enum(isa)); }
 }

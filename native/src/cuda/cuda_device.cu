@@ -4,6 +4,7 @@
 #include "cuda/cuda_device.hpp"
 
 #include "core/error.hpp"
+#include "cuda/device_math.cuh"
 
 #include <cuda_runtime.h>
 
@@ -71,7 +72,7 @@ DeviceInfo select_device(int32_t device) {
     check(cudaMalloc(reinterpret_cast<void **>(&buf.ptr), sizeof(int)), "cudaMalloc(4 bytes)");
     check(cudaMemset(buf.ptr, 0, sizeof(int)), "cudaMemset");
     const int expect = 0x51a0 + device;
-    probe_kernel<<<1, 32>>>(buf.ptr, expect);
+    QLORA_LAUNCH(1, 32, nullptr, probe_kernel)(buf.ptr, expect);
     check(cudaGetLastError(), "launching the device probe kernel");
     int got = 0;
     check(cudaMemcpy(&got, buf.ptr, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy (device probe)");

@@ -104,6 +104,8 @@ const char * kind_name(Value::Kind kind) {
     return "unknown";
 }
 
+Value::Value() = default;
+
 const Value * Value::find(std::string_view key) const {
     if (kind != Kind::Object) return nullptr;
     for (const auto & m : members)

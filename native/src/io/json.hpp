@@ -55,6 +55,11 @@ public:
     const Value * find(std::string_view key) const;
 
     // Builders for serialization.
+    // A user-provided default constructor (defined in json.cpp) keeps
+    // std::pair<std::string, Value> from needing Value's implicit one while
+    // Value is still incomplete (clang with libstdc++ rejects that).
+    Value();
+
     static Value null() { return Value{}; }
     static Value of_bool(bool b);
     static Value of_int(int64_t i);

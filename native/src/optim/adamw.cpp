@@ -16,11 +16,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if QLORA_CUDA
+#include "cuda/cuda_ops.hpp"
+#endif
+
 static_assert(std::endian::native == std::endian::little, "the optimizer state file is written little-endian");
 
 namespace qlora::optim {
 
 void check_adamw_params(const qlora_adamw_params & p) {
+    // Raw bytes: a caller may pass any int, and loading an out-of-range value
+    // as the enum type is undefined behaviour (found by fuzzing).
     const int32_t state = raw_enum(p.state);
     QLORA_CHECK_ARG(state == QLORA_OPTIM_STATE_F32 || state == QLORA_OPTIM_STATE_8BIT, "unknown state value %d", state);
     QLORA_CHECK_ARG(std::isfinite(p.lr) && p.lr >= 0.0f, "lr must be finite and >= 0, got %g", double(p.lr));
@@ -77,6 +83,7 @@ constexpr uint32_t kVersion = 1;
 constexpr uint32_t kAlgorithmAdamW = 1;
 constexpr int64_t  kHeaderBytes = 72; // then int64 numel[n_buffers], the blocks, uint32 CRC32C
 constexpr int64_t  kIoChunk = INT64_C(1) << 20;
+constexpr int64_t  kMaxSteps = INT64_C(1) << 62;
 
 struct Header {
     char     magic[8];
@@ -213,6 +220,13 @@ void qlora_adamw::add_buffer(int64_t numel) {
     buffers.push_back(std::move(b));
 }
 
+void qlora_adamw::states_to_host() const {
+#if QLORA_CUDA
+    // Moving the storage back does not change the optimizer's logical state.
+    if (device_states) qlora::cuda::adamw_states_to_host(const_cast<qlora_adamw &>(*this));
+#endif
+}
+
 qlora_adamw_info qlora_adamw::info() const {
     qlora_adamw_info i{};
     i.state = params.state;
@@ -235,9 +249,12 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
                     "n_buffers is %d but %zu buffers are registered", n_buffers, buffers.size());
     QLORA_CHECK_NOT_NULL(pviews);
     QLORA_CHECK_NOT_NULL(gviews);
-    if (ctx.backend != QLORA_BACKEND_REF && ctx.backend != QLORA_BACKEND_CPU)
-        fail(QLORA_ERROR_UNSUPPORTED, "the AdamW step has REF and CPU kernels only (context backend %d)",
-             static_cast<int>(ctx.backend));
+#if QLORA_CUDA
+    if (ctx.backend == QLORA_BACKEND_CUDA) return qlora::cuda::adamw_step(ctx, *this, pviews, gviews, n_buffers);
+#endif
+    QLORA_CHECK_ARG(ctx.backend == QLORA_BACKEND_REF || ctx.backend == QLORA_BACKEND_CPU,
+                    "the optimizer step runs on the REF and CPU backends only");
+    states_to_host();
 
     const size_t nb = buffers.size();
     std::vector<float *> p(nb);
@@ -303,6 +320,8 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
         if (coef < 1.0) gscale = static_cast<float>(coef);
     }
 
+    if (steps_done >= kMaxSteps)
+        fail(QLORA_ERROR_INVALID_ARGUMENT, "the step counter reached its limit of %lld steps", static_cast<long long>(kMaxSteps));
     const int64_t t = steps_done + 1;
     const StepConsts consts = step_consts(params, t, gscale);
     const bool eight = params.state == QLORA_OPTIM_STATE_8BIT;
@@ -400,6 +419,7 @@ qlora_adamw_step_info qlora_adamw::step(qlora_context & ctx, const qlora_view * 
 
 void qlora_adamw::save(const std::string & path) const {
     check_usable("save");
+    states_to_host();
     QLORA_CHECK_ARG(!path.empty(), "path must not be empty");
     std::string tmp = path + ".tmp-XXXXXX";
     Fd f;
@@ -469,6 +489,7 @@ void qlora_adamw::save(const std::string & path) const {
 
 void qlora_adamw::load(const std::string & path) {
     QLORA_CHECK_ARG(!path.empty(), "path must not be empty");
+    states_to_host();
     const char * ps = path.c_str();
     Fd f;
     f.fd = ::open(ps, O_RDONLY | O_CLOEXEC);
@@ -508,6 +529,10 @@ void qlora_adamw::load(const std::string & path) {
         fail(QLORA_ERROR_INVALID_ARGUMENT, "'%s' holds %u buffers but this optimizer has %zu registered", ps,
              h.n_buffers, buffers.size());
     if (h.step < 0) fail(QLORA_ERROR_FORMAT, "'%s' has a negative step count %lld", ps, static_cast<long long>(h.step));
+    // No run takes 2^62 steps; a count near INT64_MAX would overflow the next step (found by fuzzing).
+    if (h.step >= kMaxSteps)
+        fail(QLORA_ERROR_FORMAT, "'%s' has step count %lld; the limit is %lld", ps, static_cast<long long>(h.step),
+             static_cast<long long>(kMaxSteps));
     qlora_adamw_params fp = params;
     fp.lr = h.lr;
     fp.beta1 = h.beta1;

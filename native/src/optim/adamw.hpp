@@ -18,6 +18,10 @@
 #include <string>
 #include <vector>
 
+namespace qlora::cuda {
+struct AdamwDeviceStates; // src/cuda/adamw_cuda.cpp
+}
+
 namespace qlora::optim {
 // Throws INVALID_ARGUMENT naming the first bad field.
 void check_adamw_params(const qlora_adamw_params & p);
@@ -57,6 +61,10 @@ struct qlora_adamw {
     int64_t                         steps_done = 0;
     std::string                     failure; // non-empty: a step failed half-way
     qlora_status                    failure_status = QLORA_OK;
+    // Unpaged states that a CUDA step moved to its device (the host arrays
+    // are then empty); host code calls states_to_host() before touching them.
+    std::shared_ptr<qlora::cuda::AdamwDeviceStates> device_states;
+    void states_to_host() const;
 
 private:
     void check_usable(const char * what) const;

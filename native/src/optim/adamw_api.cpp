@@ -33,8 +33,8 @@ QLORA_API qlora_status qlora_adamw_create(const qlora_adamw_params * params, qlo
         std::shared_ptr<qlora::Pager> impl;
         if (pager) {
             QLORA_CHECK_ARG(pager->impl != nullptr, "pager is not a valid handle");
-            QLORA_CHECK_ARG(pager->impl->backing() == QLORA_PAGER_HOST_SPILL_FILE,
-                            "the optimizer's CPU step needs a host pager (backing QLORA_PAGER_HOST_SPILL_FILE)");
+            // Both backings serve every backend: managed memory is host-accessible,
+            // and a CUDA step stages host pages through the device.
             impl = pager->impl;
         }
         *out = new qlora_adamw(*params, std::move(impl));

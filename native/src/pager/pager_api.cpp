@@ -42,10 +42,10 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
         using namespace qlora;
         check_pager_params(*params);
         auto handle = std::make_unique<qlora_pager>();
+        // Raw bytes: a caller may pass any int, and loading an out-of-range
+        // value as the enum type is undefined behaviour (found by fuzzing).
         const int32_t backing = raw_enum(params->backing);
-        QLORA_CHECK_ARG(backing == QLORA_PAGER_HOST_SPILL_FILE || backing == QLORA_PAGER_CUDA_UNIFIED,
-                        "unknown backing value %d", backing);
-        switch (params->backing) {
+        switch (backing) {
             case QLORA_PAGER_HOST_SPILL_FILE: handle->impl = make_host_spill_pager(*params); break;
             case QLORA_PAGER_CUDA_UNIFIED:
 #if defined(QLORA_CUDA)
@@ -55,6 +55,8 @@ QLORA_API qlora_status qlora_pager_create(const qlora_pager_params * params, qlo
                 fail(QLORA_ERROR_UNSUPPORTED,
                      "backing QLORA_PAGER_CUDA_UNIFIED needs the CUDA backend (configure with -DQLORA_CUDA=ON)");
 #endif
+            default:
+                fail(QLORA_ERROR_INVALID_ARGUMENT, "unknown backing value %d", backing);
         }
         *out = handle.release();
     });

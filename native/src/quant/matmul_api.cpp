@@ -10,6 +10,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if QLORA_CUDA
+#include "cuda/cuda_ops.hpp"
+#endif
+
 using namespace qlora;
 
 namespace {
@@ -54,23 +58,25 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
         auto & c = checked(ctx);
         const auto & t = checked(w);
         QLORA_CHECK_NOT_NULL(params);
-        const ViewInfo xv = check_view(x, "x", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16});
-        const ViewInfo yv = check_view(y, "y", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16});
-        if (t.device != QLORA_DEVICE_HOST)
+        // CUDA contexts also take F16 activations and device views (docs/cuda.md).
+        const bool cuda = c.backend == QLORA_BACKEND_CUDA;
+        const ViewInfo xv = cuda ? check_view(x, "x", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16, QLORA_DTYPE_F16}, true)
+                                 : check_view(x, "x", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16});
+        const ViewInfo yv = cuda ? check_view(y, "y", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16, QLORA_DTYPE_F16}, true)
+                                 : check_view(y, "y", {QLORA_DTYPE_F32, QLORA_DTYPE_BF16});
+        if (!cuda && t.device != QLORA_DEVICE_HOST)
             fail(QLORA_ERROR_UNSUPPORTED, "w lives on device %d; the CPU matmul needs a host tensor", t.device);
-        // The caller may pass any int: read it as one (an out-of-range enum load is UB in C++).
-        int32_t op_value;
-        static_assert(sizeof(op_value) == sizeof(params->op), "qlora_matmul_op is int-sized");
-        std::memcpy(&op_value, &params->op, sizeof(op_value));
-        QLORA_CHECK_ARG(op_value == QLORA_MATMUL_FORWARD || op_value == QLORA_MATMUL_BACKWARD,
-                        "params->op must be QLORA_MATMUL_FORWARD (0) or QLORA_MATMUL_BACKWARD (1), got %d",
-                        static_cast<int>(op_value));
+        // Raw bytes: a caller may pass any int, and loading an out-of-range
+        // value as the enum type is undefined behaviour (found by fuzzing).
+        const int32_t op = raw_enum(params->op);
+        QLORA_CHECK_ARG(op == QLORA_MATMUL_FORWARD || op == QLORA_MATMUL_BACKWARD,
+                        "params->op must be QLORA_MATMUL_FORWARD (0) or QLORA_MATMUL_BACKWARD (1), got %d", op);
         QLORA_CHECK_ARG(std::isfinite(params->alpha), "params->alpha must be finite, got %f",
                         static_cast<double>(params->alpha));
         QLORA_CHECK_ARG(std::isfinite(params->beta), "params->beta must be finite, got %f",
                         static_cast<double>(params->beta));
 
-        const bool fwd = op_value == QLORA_MATMUL_FORWARD;
+        const bool fwd = op == QLORA_MATMUL_FORWARD;
         const int64_t N = t.rows, K = t.cols;
         const int64_t red = fwd ? K : N, out = fwd ? N : K;
         const bool ok = xv.cols == red && yv.rows == xv.rows && yv.cols == out;
@@ -87,10 +93,6 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
         QLORA_CHECK_ARG(xe <= yb || ye <= xb, "x and y overlap in memory (x at %p, y at %p); y must be a separate buffer",
                         xv.data, yv.data);
 
-        if (params->alpha == 0.0f) {
-            scale_only(yv, params->beta);
-            return;
-        }
         MatmulArgs a{};
         a.op = fwd ? QLORA_MATMUL_FORWARD : QLORA_MATMUL_BACKWARD;
         a.M = xv.rows;
@@ -105,6 +107,16 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
         a.alpha = params->alpha;
         a.beta = params->beta;
         a.w = &t;
+#if QLORA_CUDA
+        if (cuda) {
+            cuda::q4_matmul(c, a, xv, yv);
+            return;
+        }
+#endif
+        if (params->alpha == 0.0f) {
+            scale_only(yv, params->beta);
+            return;
+        }
         if (c.backend == QLORA_BACKEND_REF) ref::q4_matmul(a);
         else cpu::q4_matmul(c, a);
     });

@@ -10,6 +10,10 @@
 #include <cstring>
 #include <memory>
 
+#if QLORA_CUDA
+#include "cuda/cuda_ops.hpp"
+#endif
+
 namespace qlora {
 
 qlora_q4_tensor & checked(qlora_q4_tensor_t t) {
@@ -40,6 +44,14 @@ void check_quant_params(const qlora_quant_params * p) {
 }
 
 bool is_ref(const qlora_context & c) { return c.backend == QLORA_BACKEND_REF; }
+bool is_cuda(const qlora_context & c) { return c.backend == QLORA_BACKEND_CUDA; }
+
+// The CPU backends compute on host tensors only.
+void check_host_tensor(const qlora_q4_tensor & t) {
+    if (t.device != QLORA_DEVICE_HOST)
+        fail(QLORA_ERROR_INVALID_ARGUMENT, "the tensor lives on CUDA device %d; use a QLORA_BACKEND_CUDA context for "
+             "it, or copy it to the host first (qlora_q4_to_host)", t.device);
+}
 
 int64_t find_nonfinite(qlora_context & c, const void * x, qlora_dtype dtype, int64_t n) {
     return is_ref(c) ? ref::find_nonfinite(x, dtype, 0, n) : cpu::find_nonfinite(c, x, dtype, n);
@@ -97,9 +109,16 @@ QLORA_API qlora_status qlora_q4_quantize(qlora_context_t ctx, const qlora_view *
                                          const qlora_quant_params * params, qlora_q4_tensor_t * out) {
     return QLORA_GUARD({
         auto & c = checked(ctx);
-        const ViewInfo v = check_contiguous(src, "src", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
+        const ViewInfo v =
+            check_contiguous(src, "src", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16}, is_cuda(c));
         check_quant_params(params);
         QLORA_CHECK_NOT_NULL(out);
+#if QLORA_CUDA
+        if (is_cuda(c)) {
+            *out = cuda::q4_quantize(c, v, *params).release();
+            return;
+        }
+#endif
 
         auto t = std::make_unique<qlora_q4_tensor>();
         t->rows = v.rows;
@@ -144,10 +163,18 @@ QLORA_API qlora_status qlora_q4_dequantize(qlora_context_t ctx, qlora_q4_tensor_
     return QLORA_GUARD({
         auto & c = checked(ctx);
         const auto & t = checked(tensor);
-        const ViewInfo v = check_contiguous(dst, "dst", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
+        const ViewInfo v =
+            check_contiguous(dst, "dst", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16}, is_cuda(c));
         QLORA_CHECK_ARG(v.numel() == t.numel(), "dst has shape [%lld, %lld] but the tensor is [%lld, %lld]",
                         static_cast<long long>(v.rows), static_cast<long long>(v.cols),
                         static_cast<long long>(t.rows), static_cast<long long>(t.cols));
+#if QLORA_CUDA
+        if (is_cuda(c)) {
+            cuda::q4_dequantize(c, t, v);
+            return;
+        }
+#endif
+        check_host_tensor(t);
         if (is_ref(c)) {
             const Q4Shape s{t.numel(), t.blocksize, t.quant_type};
             HostArray<float> scales(static_cast<size_t>(s.n_blocks()));
@@ -238,7 +265,8 @@ QLORA_API qlora_status qlora_q4_get_parts(qlora_q4_tensor_t tensor, qlora_q4_par
         const auto & t = checked(tensor);
         QLORA_CHECK_NOT_NULL(out);
         if (t.device != QLORA_DEVICE_HOST)
-            fail(QLORA_ERROR_UNSUPPORTED, "tensor lives on device %d; copy it to the host first", t.device);
+            fail(QLORA_ERROR_UNSUPPORTED, "tensor lives on device %d; copy it to the host first (qlora_q4_to_host)",
+                 t.device);
         qlora_q4_parts p{};
         p.packed = t.packed.data();
         p.code = t.code;
@@ -277,17 +305,24 @@ QLORA_API qlora_status qlora_q8_quantize(qlora_context_t ctx, const qlora_view *
                                          const qlora_view * code, const qlora_view * q, const qlora_view * absmax) {
     return QLORA_GUARD({
         auto & c = checked(ctx);
-        const ViewInfo x = check_contiguous(src, "src", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
+        const bool dev = is_cuda(c);
+        const ViewInfo x = check_contiguous(src, "src", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16}, dev);
         check_blocksize(blocksize, "blocksize");
         const float * map = check_code256(code);
-        const ViewInfo qv = check_contiguous(q, "q", {QLORA_DTYPE_U8});
-        const ViewInfo av = check_contiguous(absmax, "absmax", {QLORA_DTYPE_F32});
+        const ViewInfo qv = check_contiguous(q, "q", {QLORA_DTYPE_U8}, dev);
+        const ViewInfo av = check_contiguous(absmax, "absmax", {QLORA_DTYPE_F32}, dev);
         const int64_t n = x.numel(), nb = (n + blocksize - 1) / blocksize;
         QLORA_CHECK_ARG(qv.numel() == n, "q has %lld elements, src has %lld", static_cast<long long>(qv.numel()),
                         static_cast<long long>(n));
         QLORA_CHECK_ARG(av.numel() == nb, "absmax has %lld elements, expected ceil(%lld / %d) = %lld",
                         static_cast<long long>(av.numel()), static_cast<long long>(n), blocksize,
                         static_cast<long long>(nb));
+#if QLORA_CUDA
+        if (dev) {
+            cuda::q8_quantize(c, x, blocksize, map, qv, av);
+            return;
+        }
+#endif
         // checked before anything is written: q and absmax are the caller's
         const int64_t bad = find_nonfinite(c, x.data, x.dtype, n);
         QLORA_CHECK_ARG(bad < 0, "src[%lld] is not finite (NaN or Inf); cannot quantize", static_cast<long long>(bad));
@@ -299,17 +334,24 @@ QLORA_API qlora_status qlora_q8_dequantize(qlora_context_t ctx, const qlora_view
                                            int32_t blocksize, const qlora_view * code, const qlora_view * out) {
     return QLORA_GUARD({
         auto & c = checked(ctx);
-        const ViewInfo qv = check_contiguous(q, "q", {QLORA_DTYPE_U8});
-        const ViewInfo av = check_contiguous(absmax, "absmax", {QLORA_DTYPE_F32});
+        const bool dev = is_cuda(c);
+        const ViewInfo qv = check_contiguous(q, "q", {QLORA_DTYPE_U8}, dev);
+        const ViewInfo av = check_contiguous(absmax, "absmax", {QLORA_DTYPE_F32}, dev);
         check_blocksize(blocksize, "blocksize");
         const float * map = check_code256(code);
-        const ViewInfo ov = check_contiguous(out, "out", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16});
+        const ViewInfo ov = check_contiguous(out, "out", {QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16}, dev);
         const int64_t n = qv.numel(), nb = (n + blocksize - 1) / blocksize;
         QLORA_CHECK_ARG(ov.numel() == n, "out has %lld elements, q has %lld", static_cast<long long>(ov.numel()),
                         static_cast<long long>(n));
         QLORA_CHECK_ARG(av.numel() == nb, "absmax has %lld elements, expected ceil(%lld / %d) = %lld",
                         static_cast<long long>(av.numel()), static_cast<long long>(n), blocksize,
                         static_cast<long long>(nb));
+#if QLORA_CUDA
+        if (dev) {
+            cuda::q8_dequantize(c, qv, av, blocksize, map, ov);
+            return;
+        }
+#endif
         if (is_ref(c)) ref::q8_dequantize(qv.as<uint8_t>(), av.as<float>(), n, blocksize, map, 0, nb, ov.data, ov.dtype);
         else cpu::q8_dequantize(c, qv.as<uint8_t>(), av.as<float>(), n, blocksize, map, ov.data, ov.dtype);
     });

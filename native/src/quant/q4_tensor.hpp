@@ -2,6 +2,7 @@
 #pragma once
 
 #include "core/buffer.hpp"
+#include "core/device_buffer.hpp"
 #include "qlora.h"
 
 #include <cstdint>
@@ -22,6 +23,16 @@ struct qlora_q4_tensor {
     float                     nested_offset = 0.0f;
     float                     code[16] = {};
     float                     nested_code[256] = {};
+
+    // A device tensor (device != QLORA_DEVICE_HOST) keeps packed / absmax /
+    // qabsmax / nested_absmax in one allocation on that device, addressed by
+    // the d_* pointers (src/cuda/q4_cuda.cpp); the host arrays above are then
+    // empty. code and nested_code always stay here (kernels take them by value).
+    qlora::DeviceBuffer device_storage;
+    uint8_t *           d_packed = nullptr;
+    float *             d_absmax = nullptr;
+    uint8_t *           d_qabsmax = nullptr;
+    float *             d_nested_absmax = nullptr;
 
     int64_t numel() const { return rows * cols; }
     int64_t n_blocks() const { return (numel() + blocksize - 1) / blocksize; }
