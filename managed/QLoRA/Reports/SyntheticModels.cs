@@ -40,16 +40,23 @@ public static class SyntheticModels
         new("1b", "1.1B (TinyLlama-1.1B shape)", Config1B),
     ];
 
-    /// <summary>The model called <paramref name="key"/>.</summary>
+    /// <summary>
+    /// A 1.7M-parameter LLaMA shape (2 layers, d 256, MLP 512, vocabulary 1024, untied head) for a seconds-long smoke run of the machinery
+    /// (<c>--models tiny</c>, the unit tests); not part of the default suite.
+    /// </summary>
+    public static BenchModel Tiny { get; } = new("tiny", "tiny (2 layers, d 256; smoke test)",
+        Make(hidden: 256, intermediate: 512, layers: 2, heads: 4, kvHeads: 2, tied: false, vocab: 1024, maxPositions: 512));
+
+    /// <summary>The model called <paramref name="key"/> (one of <see cref="All"/>, or <see cref="Tiny"/>).</summary>
     /// <exception cref="ArgumentException">An unknown name (the message lists the known ones).</exception>
     public static BenchModel Find(string key) =>
-        All.FirstOrDefault(m => string.Equals(m.Key, key, StringComparison.OrdinalIgnoreCase))
-        ?? throw new ArgumentException($"unknown benchmark model \"{key}\" (known: {string.Join(", ", All.Select(m => m.Key))})", nameof(key));
+        All.Append(Tiny).FirstOrDefault(m => string.Equals(m.Key, key, StringComparison.OrdinalIgnoreCase))
+        ?? throw new ArgumentException($"unknown benchmark model \"{key}\" (known: {string.Join(", ", All.Append(Tiny).Select(m => m.Key))})", nameof(key));
 
-    private static LlamaConfig Make(int hidden, int intermediate, int layers, int heads, int kvHeads, bool tied) => new LlamaConfig
+    private static LlamaConfig Make(int hidden, int intermediate, int layers, int heads, int kvHeads, bool tied, int vocab = 32000, int maxPositions = 2048) => new LlamaConfig
     {
-        VocabSize = 32000, HiddenSize = hidden, IntermediateSize = intermediate, NumLayers = layers, NumHeads = heads, NumKvHeads = kvHeads,
-        HeadDim = hidden / heads, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositions = 2048, TieWordEmbeddings = tied,
+        VocabSize = vocab, HiddenSize = hidden, IntermediateSize = intermediate, NumLayers = layers, NumHeads = heads, NumKvHeads = kvHeads,
+        HeadDim = hidden / heads, RmsNormEps = 1e-5, RopeTheta = 10000, MaxPositions = maxPositions, TieWordEmbeddings = tied,
         BosTokenId = 1, EosTokenIds = [2], TorchDtype = "bfloat16",
     }.Validate("synthetic config");
 

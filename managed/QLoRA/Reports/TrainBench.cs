@@ -211,7 +211,10 @@ public static class TrainBench
             var bm = SyntheticModels.Find(key);
             int maxSeq = bm.Config?.MaxPositions ?? 256;
             var (warmup, steps, ckpt) = o.StepsFor(bm);
-            foreach (int seq in o.SeqLens.Where(s => s <= maxSeq))
+            // --quick: the 1B model only at the shortest sequence length (its steps dominate the suite's time).
+            var seqs = o.SeqLens.Where(s => s <= maxSeq).ToList();
+            if (o.Quick && bm.Key == "1b" && seqs.Count > 1) seqs = [seqs.Min()];
+            foreach (int seq in seqs)
                 foreach (var m in o.Methods)
                     cases.Add(new TrainCase
                     {
