@@ -47,8 +47,9 @@ internal static class BenchCommands
 
     private static Command Bench(Option<bool> json, Option<bool> verbose)
     {
-        var suite = new Option<string>("--suite") { Description = "kernels (fused 4-bit matmul vs libtorch dense), train (QLoRA vs LoRA step, memory, scaling), models (perplexity, generation, 1B load), or all", DefaultValueFactory = _ => "all" };
-        var quick = new Option<bool>("--quick") { Description = "a shorter run: fewer steps and kernel shapes, the 1B model only at seq 256, models suite on 2048 tokens without the 1B load" };
+        var suite = new Option<string>("--suite") { Description = "kernels (fused 4-bit matmul vs libtorch dense), train (QLoRA vs LoRA step, memory, scaling), models (perplexity, generation, 1B load), all, or a comma-separated list", DefaultValueFactory = _ => "all" };
+        var quick = new Option<bool>("--quick") { Description = "a shorter run: one timed step per configuration, fewer kernel shapes, the 1B model only at the shortest sequence, models suite on 2048 tokens without the 1B load" };
+        var steps = new Option<int?>("--steps") { Description = "train: timed steps of every configuration (default: 5 below 100M parameters, 3 up to 400M, 2 above; one untimed warm-up and one checkpointed step come first)" };
         var models = new Option<string>("--models") { Description = "train: models to run (15m = stories15M, 125m, 350m, 1b)", DefaultValueFactory = _ => "15m,125m,350m,1b" };
         var seq = new Option<string>("--seq") { Description = "train: sequence lengths", DefaultValueFactory = _ => "256,512" };
         var methods = new Option<string>("--methods") { Description = "train: qlora, lora-bf16, lora-fp32", DefaultValueFactory = _ => "qlora,lora-bf16,lora-fp32" };
@@ -64,31 +65,36 @@ internal static class BenchCommands
         var parts = new Option<string>("--parts") { Description = "models: comma-separated: perplexity, generation, load", DefaultValueFactory = _ => "perplexity,generation,load" };
         var cmd = new Command("bench", "Benchmark report: markdown tables with the machine's description (JSON with --json)")
         {
-            suite, quick, models, seq, methods, batch, rank, alpha, plot, output, maxTokens, noProbe, writeFixture, repo, parts,
+            suite, quick, steps, models, seq, methods, batch, rank, alpha, plot, output, maxTokens, noProbe, writeFixture, repo, parts,
         };
         cmd.SetAction(r => global::Cli.Run(r, verbose, () =>
         {
             string s = r.GetValue(suite)!;
-            if (!Suites.Contains(s)) throw new ArgumentException($"--suite {s}: expected one of {string.Join(", ", Suites)}");
+            var run = SplitList(s).ToHashSet();
+            foreach (string x in run)
+                if (!Suites.Contains(x)) throw new ArgumentException($"--suite {s}: \"{x}\" is not one of {string.Join(", ", Suites)}");
+            if (run.Count == 0) throw new ArgumentException("--suite: empty");
+            if (run.Contains("all")) run = ["kernels", "train", "models"];
+            if (r.GetValue(steps) is < 1) throw new ArgumentException($"--steps {r.GetValue(steps)}: at least one timed step");
             bool q = r.GetValue(quick);
             var total = Stopwatch.StartNew();
             var machine = MachineInfo.Collect();
             Log(machine.ToMarkdown());
             var results = new List<BenchResult>();
             var md = new StringBuilder();
-            md.AppendLine($"## `qlora bench --suite {s}{(q ? " --quick" : "")}`");
+            md.AppendLine($"## `qlora {string.Join(" ", Environment.GetCommandLineArgs().Skip(1))}`");
             md.AppendLine();
             md.AppendLine(machine.ToMarkdown());
             md.AppendLine();
             var extra = new JsonObject();
 
-            if (s is "kernels" or "all")
+            if (run.Contains("kernels"))
             {
                 var (kr, kmd) = KernelBench.Run(q, Log);
                 results.AddRange(kr);
                 md.AppendLine(kmd);
             }
-            if (s is "train" or "all")
+            if (run.Contains("train"))
             {
                 var o = new TrainSuiteOptions
                 {
@@ -100,6 +106,7 @@ internal static class BenchCommands
                     Rank = r.GetValue(rank),
                     Alpha = r.GetValue(alpha),
                     Quick = q,
+                    Steps = r.GetValue(steps),
                 };
                 var (tr, failures) = TrainBench.RunAll(o, SelfCommand("bench-train-case"), Log);
                 string? plotPath = r.GetValue(plot);
@@ -113,7 +120,7 @@ internal static class BenchCommands
                     ["target"] = t.Target, ["measured"] = t.Measured, ["met"] = t.Met,
                 }).ToArray());
             }
-            if (s is "models" or "all")
+            if (run.Contains("models"))
             {
                 string root = r.GetValue(repo) ?? ModelCommands.FindRepoRoot() ?? throw new DirectoryNotFoundException("cannot find the repository root (a folder with tests/QLoRA.Tests); pass --repo DIR");
                 if (r.GetValue(writeFixture))

@@ -77,9 +77,10 @@ public static class SyntheticModels
 
     /// <summary>
     /// Builds <paramref name="config"/> with random weights (linear weights and embeddings N(0, 0.02^2), norms 1):
-    /// every linear weight is drawn in fp32 from a generator seeded with <paramref name="seed"/> and then quantized
-    /// or converted exactly as a loader does (<see cref="ModelLoader.MakeLinear"/>), one at a time, so the same seed
-    /// gives the same underlying weights in every format and building never holds more than one fp32 matrix extra.
+    /// one fp32 matrix per linear role (q, k, v, o, gate, up, down) is drawn from a generator seeded with
+    /// <paramref name="seed"/>, and every layer gets its own copy of it, quantized or converted exactly as a loader
+    /// does (<see cref="ModelLoader.MakeLinear"/>); the same seed gives the same underlying weights in every format.
+    /// Building holds the seven fp32 role matrices (176 MiB at 1B) beyond the model.
     /// </summary>
     public static LlamaForCausalLM Build(LlamaConfig config, QuantSpec quant, ScalarType dtype, int seed, Action<string>? log = null)
     {
@@ -92,20 +93,28 @@ public static class SyntheticModels
             if (t.dtype == dtype) return t;
             using (t) return t.to(dtype);
         }
-        FrozenLinear Lin(long rows, long cols)
-        {
-            using var w = Randn(rows, cols);
-            return ModelLoader.MakeLinear(TensorViews.RowView(w), rows, cols, quant, dtype);
-        }
         int d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, h = c.IntermediateSize;
+        // One random fp32 matrix per role (q, k, v, o, gate, up, down), drawn once: every layer gets its own copy,
+        // converted or quantized as a loader does. Drawing 1B normal values would take minutes on two cores and
+        // change neither time nor memory.
+        var roles = new[] { (q, d), (kv, d), (kv, d), (d, q), (h, d), (h, d), (d, h) }.Select(s => Randn(s.Item1, s.Item2)).ToArray();
         var embed = new TokenEmbedding(AsDtype(Randn(c.VocabSize, d)));
         var layers = new List<LlamaDecoderLayer>(c.NumLayers);
-        for (int l = 0; l < c.NumLayers; l++)
+        try
         {
-            var attn = new LlamaAttention(c, l, Lin(q, d), Lin(kv, d), Lin(kv, d), Lin(d, q));
-            var mlp = new LlamaMlp(Lin(h, d), Lin(h, d), Lin(d, h));
-            layers.Add(new LlamaDecoderLayer(new RmsNorm(ones([d], dtype), c.RmsNormEps), attn, new RmsNorm(ones([d], dtype), c.RmsNormEps), mlp));
-            if ((l + 1) % 8 == 0 || l + 1 == c.NumLayers) log?.Invoke($"  built layer {l + 1}/{c.NumLayers}");
+            FrozenLinear Lin(int role) =>
+                ModelLoader.MakeLinear(TensorViews.RowView(roles[role]), roles[role].shape[0], roles[role].shape[1], quant, dtype);
+            for (int l = 0; l < c.NumLayers; l++)
+            {
+                var attn = new LlamaAttention(c, l, Lin(0), Lin(1), Lin(2), Lin(3));
+                var mlp = new LlamaMlp(Lin(4), Lin(5), Lin(6));
+                layers.Add(new LlamaDecoderLayer(new RmsNorm(ones([d], dtype), c.RmsNormEps), attn, new RmsNorm(ones([d], dtype), c.RmsNormEps), mlp));
+                if ((l + 1) % 8 == 0 || l + 1 == c.NumLayers) log?.Invoke($"  built layer {l + 1}/{c.NumLayers}");
+            }
+        }
+        finally
+        {
+            foreach (var t in roles) t.Dispose();
         }
         var head = c.TieWordEmbeddings ? new OutputHead(embed.Weight) : new OutputHead(AsDtype(Randn(c.VocabSize, d)));
         var model = new LlamaForCausalLM(c, new LlamaModel(embed, layers, new RmsNorm(ones([d], dtype), c.RmsNormEps)), head, dtype);

@@ -306,17 +306,22 @@ public sealed record TrainSuiteOptions
     /// <summary>Seed.</summary>
     public int Seed { get; init; } = 1;
 
-    /// <summary>Fewer steps (one warmup, two timed, one checkpointed at every size).</summary>
+    /// <summary>Fewer steps (one warmup, one timed, one checkpointed at every size) and the 1B model at one sequence length.</summary>
     public bool Quick { get; init; }
 
+    /// <summary>Timed steps of every configuration (null: by model size, see <see cref="StepsFor"/>).</summary>
+    public int? Steps { get; init; }
+
     /// <summary>
-    /// (warmup, timed, checkpointed) steps for a model: 2/5/2 below 100M parameters, 1/3/2 up to 400M, 1/2/1 above
-    /// (a 1B step takes tens of seconds on two cores); --quick: 1/2/1 everywhere.
+    /// (warmup, timed, checkpointed) steps for a model: 1/5/1 below 100M parameters, 0/3/1 up to 400M, 0/2/1 above
+    /// (a 1B step takes a minute or more on two shared cores); --quick: 0/1/1 everywhere; <see cref="Steps"/>
+    /// overrides the timed count. The checkpointed step runs first and is the warm-up of the big models: it
+    /// allocates the optimizer states and touches every weight and kernel the plain steps use.
     /// </summary>
     public (int Warmup, int Steps, int Checkpoint) StepsFor(BenchModel m)
     {
-        if (Quick) return (1, 2, 1);
         long p = m.Config is { } c ? SyntheticModels.ClosedFormParameterCount(c) : 0;
-        return p < 100_000_000 ? (2, 5, 2) : p < 400_000_000 ? (1, 3, 2) : (1, 2, 1);
+        var (w, s, k) = Quick ? (0, 1, 1) : p < 100_000_000 ? (1, 5, 1) : p < 400_000_000 ? (0, 3, 1) : (0, 2, 1);
+        return (w, Steps ?? s, k);
     }
 }

@@ -85,7 +85,10 @@ public static class TrainReport
                       "QLoRA: NF4 + double quantization (block 64), bf16 activations, paged AdamW (32-bit states in the native pager, no budget). " +
                       "LoRA: dense bf16 or fp32 base, AdamW (32-bit states), activations in the base's dtype. " +
                       "The 125M/350M/1.1B models have random weights: right for time and memory, never for quality. " +
-                      "Each configuration runs in a child process of its own; time = median of the timed steps after the warmup.");
+                      "Each configuration runs in a child process of its own: first a step with gradient checkpointing (it also warms up: " +
+                      "optimizer states allocated, every weight and kernel touched), then the untimed warm-up steps (if any) and the timed steps " +
+                      "without checkpointing; time = median of the timed steps (n in the table). The synthetic models' layers are copies of one " +
+                      "random matrix per role (q, k, v, o, gate, up, down), each layer its own copy.");
         md.AppendLine();
         md.AppendLine("| model | params | seq | method | tokens/s | step s (median) | CPU s / step | fwd / bwd / optim s | peak RSS MiB | step time vs LoRA-bf16 | peak RSS vs LoRA-fp32 |");
         md.AppendLine("|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|");
