@@ -49,7 +49,7 @@ internal static class BenchCommands
     {
         var suite = new Option<string>("--suite") { Description = "kernels (fused 4-bit matmul vs libtorch dense), train (QLoRA vs LoRA step, memory, scaling), models (perplexity, generation, 1B load), all, or a comma-separated list", DefaultValueFactory = _ => "all" };
         var quick = new Option<bool>("--quick") { Description = "a shorter run: one timed step per configuration, fewer kernel shapes, the 1B model only at the shortest sequence, models suite on 2048 tokens without the 1B load" };
-        var steps = new Option<int?>("--steps") { Description = "train: timed steps of every configuration (default: 5 below 100M parameters, 3 up to 400M, 2 above; one untimed warm-up and one checkpointed step come first)" };
+        var steps = new Option<int?>("--steps") { Description = "train: timed steps of every configuration (default: 5 below 100M parameters, 3 up to 400M, 2 above; after one step with gradient checkpointing, and, below 100M parameters, one untimed warm-up step)" };
         var models = new Option<string>("--models") { Description = "train: models to run (15m = stories15M, 125m, 350m, 1b)", DefaultValueFactory = _ => "15m,125m,350m,1b" };
         var seq = new Option<string>("--seq") { Description = "train: sequence lengths", DefaultValueFactory = _ => "256,512" };
         var methods = new Option<string>("--methods") { Description = "train: qlora, lora-bf16, lora-fp32", DefaultValueFactory = _ => "qlora,lora-bf16,lora-fp32" };
@@ -72,11 +72,37 @@ internal static class BenchCommands
             string s = r.GetValue(suite)!;
             var run = SplitList(s).ToHashSet();
             foreach (string x in run)
-                if (!Suites.Contains(x)) throw new ArgumentException($"--suite {s}: \"{x}\" is not one of {string.Join(", ", Suites)}");
-            if (run.Count == 0) throw new ArgumentException("--suite: empty");
+                if (!Suites.Contains(x)) throw new UsageException($"--suite {s}: \"{x}\" is not one of {string.Join(", ", Suites)}");
+            if (run.Count == 0) throw new UsageException("--suite: empty");
             if (run.Contains("all")) run = ["kernels", "train", "models"];
-            if (r.GetValue(steps) is < 1) throw new ArgumentException($"--steps {r.GetValue(steps)}: at least one timed step");
+            if (r.GetValue(steps) is < 1) throw new UsageException($"--steps {r.GetValue(steps)}: at least one timed step");
             bool q = r.GetValue(quick);
+            // The training options are checked before anything runs (the kernel suite takes minutes).
+            TrainSuiteOptions? trainOptions = null;
+            if (run.Contains("train"))
+            {
+                try
+                {
+                    trainOptions = new TrainSuiteOptions
+                    {
+                        Models = SplitList(r.GetValue(models)!).Select(k => SyntheticModels.Find(k).Key).ToList(),
+                        SeqLens = SplitList(r.GetValue(seq)!).Select(x => int.TryParse(x, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v >= 2
+                            ? v : throw new UsageException($"--seq: \"{x}\" is not a sequence length")).ToList(),
+                        Methods = SplitList(r.GetValue(methods)!).Select(TrainMethods.Parse).ToList(),
+                        Batch = r.GetValue(batch),
+                        Rank = r.GetValue(rank),
+                        Alpha = r.GetValue(alpha),
+                        Quick = q,
+                        Steps = r.GetValue(steps),
+                    };
+                    if (TrainBench.Plan(trainOptions).Count == 0)
+                        throw new UsageException($"--seq {r.GetValue(seq)}: no configuration fits the models' context lengths");
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException(e.ParamName is null ? e.Message : e.Message.Replace($" (Parameter '{e.ParamName}')", "", StringComparison.Ordinal));
+                }
+            }
             var total = Stopwatch.StartNew();
             var machine = MachineInfo.Collect();
             Log(machine.ToMarkdown());
@@ -94,21 +120,9 @@ internal static class BenchCommands
                 results.AddRange(kr);
                 md.AppendLine(kmd);
             }
-            if (run.Contains("train"))
+            if (trainOptions is { } plan)
             {
-                var o = new TrainSuiteOptions
-                {
-                    Models = SplitList(r.GetValue(models)!).Select(k => SyntheticModels.Find(k).Key).ToList(),
-                    SeqLens = SplitList(r.GetValue(seq)!).Select(x => int.TryParse(x, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v >= 2
-                        ? v : throw new ArgumentException($"--seq: \"{x}\" is not a sequence length")).ToList(),
-                    Methods = SplitList(r.GetValue(methods)!).Select(TrainMethods.Parse).ToList(),
-                    Batch = r.GetValue(batch),
-                    Rank = r.GetValue(rank),
-                    Alpha = r.GetValue(alpha),
-                    Quick = q,
-                    Steps = r.GetValue(steps),
-                };
-                var (tr, failures) = TrainBench.RunAll(o, SelfCommand("bench-train-case"), Log);
+                var (tr, failures) = TrainBench.RunAll(plan, SelfCommand("bench-train-case"), Log);
                 string? plotPath = r.GetValue(plot);
                 if (plotPath is not null && tr.Count > 0) TrainReport.SavePlot(tr, plotPath);
                 results.AddRange(TrainReport.Results(tr));

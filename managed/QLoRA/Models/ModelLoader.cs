@@ -38,6 +38,9 @@ public sealed record ModelLoadOptions
 
     /// <summary>Progress lines (one per step), or null.</summary>
     public Action<string>? Log { get; init; }
+
+    /// <summary>Called after each decoder layer is loaded (and quantized): (layers loaded, total layers); or null.</summary>
+    public Action<int, int>? LayerLoaded { get; init; }
 }
 
 /// <summary>Defaults for generation from generation_config.json.</summary>
@@ -188,6 +191,7 @@ public static class ModelLoader
             layers.Add(new LlamaDecoderLayer(
                 new RmsNorm(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.RmsAtt, l), [d], dtype), config.RmsNormEps), attn,
                 new RmsNorm(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.RmsFfn, l), [d], dtype), config.RmsNormEps), mlp));
+            options.LayerLoaded?.Invoke(l + 1, c.Layers);
         }
         var norm = new RmsNorm(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.RmsFinal), [d], dtype), config.RmsNormEps);
         var head = c.SharedClassifier
@@ -325,6 +329,7 @@ public static class ModelLoader
                 new RmsNorm(Dense(p + "post_attention_layernorm.weight", [config.HiddenSize]), config.RmsNormEps),
                 new LlamaMlp(lin[4], lin[5], lin[6])));
             options.Log?.Invoke($"  layer {l + 1}/{config.NumLayers}");
+            options.LayerLoaded?.Invoke(l + 1, config.NumLayers);
         }
         var norm = new RmsNorm(Dense("model.norm.weight", [config.HiddenSize]), config.RmsNormEps);
         OutputHead head;

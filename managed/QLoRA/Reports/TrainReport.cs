@@ -136,7 +136,7 @@ public static class TrainReport
             md.AppendLine($"| {ModelLabel(model)} | {F(row.Parameters / 1e6, "0.0")}M | {string.Join(" | ", cells)} |");
         }
         md.AppendLine();
-        md.AppendLine("Per token, cost grows about linearly with the parameter count (every token passes every weight) and, through attention, with the sequence length.");
+        md.AppendLine("Median step time divided by the tokens of a step (batch x sequence length).");
         if (plotPath is not null) md.AppendLine($"Plot: `{plotPath}`.");
         md.AppendLine();
 

@@ -172,8 +172,13 @@ public static class FineTuning
             OnStep = onStep, OnEval = onEval, Log = log,
         };
         var result = trainer.Fit(cancel);
-        var after = Generate(loaded.Model, tokenizer, samplePrompts, s.SampleTokens);
-        var samples = s.SampleInstructions.Select((i, k) => new Sample(i, before[k], after[k])).ToList();
+        // A stopped run exits promptly: no samples after (its adapter is only a checkpoint).
+        var samples = new List<Sample>();
+        if (!result.Stopped)
+        {
+            var after = Generate(loaded.Model, tokenizer, samplePrompts, s.SampleTokens);
+            samples.AddRange(s.SampleInstructions.Select((i, k) => new Sample(i, before[k], after[k])));
+        }
         return new FineTuneReport(result, Path.GetFullPath(t.OutputDirectory), description, train.Count, eval.Count,
                                   adapters.TrainableParameterCount, s.Quant.Name, samples, sw.Elapsed.TotalSeconds);
     }
