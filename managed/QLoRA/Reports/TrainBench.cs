@@ -92,6 +92,10 @@ public static class TrainBench
 
             StepStats Step()
             {
+                // Tensors of earlier work that only the finalizer frees would otherwise be freed during the step and
+                // make the heap delta below too small (negative for small models); collect them first, untimed.
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
                 var cpu0 = Environment.CpuUsage.TotalTime;
                 long t0 = Stopwatch.GetTimestamp();
                 opt.ZeroGrad();
