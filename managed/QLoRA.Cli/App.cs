@@ -50,6 +50,10 @@ internal sealed partial class App
         EnvCommands.Add(this);
         ModelCommands.Add(this);
         TrainCommands.Add(this);
+        AddGroup(BenchCommands.Add,
+            ("bench --suite train,kernels", "QLoRA vs LoRA training step (stories15M, 125M, 350M, 1.1B; seq 256, 512) and the 4-bit kernels, as markdown tables"),
+            ("bench --suite train --models 125m --seq 256 --quick --json", "one model, one timed step per configuration, as JSON"),
+            ("bench --suite models --no-load-probe", "perplexity fp32/NF4/FP4/Int4 and generation speed of stories15M"));
         CustomizeHelp();
     }
 

@@ -13,7 +13,7 @@ using TorchSharp;
 
 namespace QLoRA.Cli;
 
-/// <summary>The inference commands of CLI.md: quantize, eval, generate, inspect, and bench --suite models.</summary>
+/// <summary>The inference commands of CLI.md: quantize, eval, generate, inspect (bench: <see cref="BenchCommands"/>).</summary>
 internal static class ModelCommands
 {
     public static void Add(App app)
@@ -34,11 +34,6 @@ internal static class ModelCommands
             ("inspect ./my-hf-model-nf4", "tensors, dtypes, shapes, 4-bit layers and bytes of a checkpoint"),
             ("inspect run1/adapter_model.safetensors --all", "every tensor of a file"),
             ("inspect ~/.cache/qlora/models/stories15M/model.bin --json", "a llama2.c checkpoint, as JSON"));
-        app.Add(Bench(app),
-            ("bench", "perplexity (fp32, NF4, FP4, Int4), generation speed and 1B load memory of stories15M, as a markdown table"),
-            ("bench --parts generation --json", "only generation speed, as JSON {\"results\": [...]}"),
-            ("bench --max-tokens 2048 --no-load-probe", "a shorter perplexity run, without the synthetic 1B checkpoint"));
-
         var probe = new Command("load-probe", "(internal) load a model directory with NF4 and print peak memory as JSON") { Hidden = true };
         var probeDir = new Argument<string>("dir");
         probe.Add(probeDir);
@@ -282,50 +277,6 @@ internal static class ModelCommands
         }));
         return cmd;
     }
-
-    // ------------------------------------------------------------------ bench
-
-    private static Command Bench(App app)
-    {
-        var suite = Flags.Choice("--suite", "models: perplexity fp32/NF4/FP4/Int4, generation speed, 1B load memory (the kernel benchmarks are the native qlora_bench)",
-                                 "models", "models");
-        var maxTokens = Flags.Int("--max-tokens", "tokens of each evaluation text", 16384, 2);
-        var noProbe = Flags.Switch("--no-load-probe", "skip the synthetic 1B checkpoint (writes 2.2 GB to the temp folder)");
-        var writeFixture = Flags.Switch("--write-fixture", "(re)write the in-domain fixture: stories sampled from the fp32 default model, seeds 1..40");
-        var repo = Flags.OptionalText("--repo", "repository root holding the fixture (default: found from the current directory)", "DIR");
-        var parts = Flags.Check(Flags.Text("--parts", "comma-separated: perplexity, generation, load", "perplexity,generation,load", helpName: "LIST"),
-            v => Parts(v).FirstOrDefault(x => x is not ("perplexity" or "generation" or "load")) is { } bad
-                ? $"unknown part \"{bad}\" (expected perplexity, generation or load)" : null);
-        var cmd = new Command("bench", "Benchmark report: each figure next to its baseline measured in the same run (markdown table; JSON with --json)")
-        {
-            suite, maxTokens, noProbe, writeFixture, repo, parts,
-        };
-        cmd.SetAction(r => app.Run(r, ui =>
-        {
-            var p = Parts(r.GetValue(parts)!).ToHashSet();
-            string root = r.GetValue(repo) ?? FindRepoRoot() ??
-                          throw new DirectoryNotFoundException("cannot find the repository root (a folder with tests/QLoRA.Tests, which holds the in-domain fixture); run from the repository or pass --repo DIR");
-            var (results, md) = ui.Progress(_ =>
-            {
-                if (r.GetValue(writeFixture))
-                {
-                    using var fp32 = ModelLoader.Load("default", new ModelLoadOptions { Quant = QuantSpec.None, Log = ui.Log });
-                    string text = ModelsReport.SampleStories(fp32, 40, 1);
-                    string fixture = Path.Combine(root, ModelsReport.InDomainFixture);
-                    Directory.CreateDirectory(Path.GetDirectoryName(fixture)!);
-                    File.WriteAllText(fixture, text);
-                    ui.Log($"wrote {fixture} ({text.Length} characters)");
-                }
-                string[]? probe = r.GetValue(noProbe) || !p.Contains("load") ? null : ProbeCommand();
-                return ModelsReport.Run(root, r.GetValue(maxTokens), probe, log: ui.Log, perplexity: p.Contains("perplexity"), generation: p.Contains("generation"));
-            });
-            ui.Result(new JsonObject { ["suite"] = r.GetValue(suite), ["results"] = new JsonArray(results.Select(x => (JsonNode)x.ToJson()).ToArray()) }, md.TrimEnd());
-            return ExitCode.Ok;
-        }));
-        return cmd;
-    }
-
-    private static IEnumerable<string> Parts(string v) => v.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
 
     internal static string[] ProbeCommand()
     {
