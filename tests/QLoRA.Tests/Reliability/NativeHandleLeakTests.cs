@@ -189,10 +189,10 @@ public unsafe class NativeHandleLeakTests
     private static void Check(string kind, string what, Action<int> cycles)
     {
         // Warm-up (JIT, tiering, lazily created runtime and library state), then the measured cycles.
-        cycles(1000);
+        cycles(300);
         Collect();
         Thread.Sleep(200);
-        cycles(1000);
+        cycles(300);
         Collect();
         var before = ProcessResources.Now();
         cycles(Cycles);
