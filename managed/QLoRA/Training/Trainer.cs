@@ -363,6 +363,29 @@ public sealed class Trainer
         string tmp = Path.Combine(CheckpointRoot, $".tmp-{name}-{Environment.ProcessId}");
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Directory.CreateDirectory(tmp);
+        try
+        {
+            WriteCheckpointFiles(tmp, step, optimizer, data, initialEval);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or QLoRA.Native.QLoraException)
+        {
+            // Nothing half-written stays behind (a disk that filled up, a directory that became unwritable).
+            try { Directory.Delete(tmp, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw new IOException($"cannot write the checkpoint of step {step} into {CheckpointRoot}: {e.Message}", e);
+        }
+        // A checkpoint of the same step (a finished run resumed) is renamed away before it is deleted, so no
+        // half-deleted directory ever carries a step-* name (recursive deletion is not atomic).
+        if (Directory.Exists(final)) DeleteAtomically(final);
+        Directory.Move(tmp, final);
+        CrashTestHook.Phase("renamed", step);
+        foreach (var old in Directory.GetDirectories(CheckpointRoot, "step-*").Order(StringComparer.Ordinal).SkipLast(_o.KeepCheckpoints))
+            DeleteAtomically(old);
+        CrashTestHook.Phase("end", step);
+        Log?.Invoke($"checkpoint {final}");
+    }
+
+    private void WriteCheckpointFiles(string tmp, long step, PagedAdamW optimizer, DataStream data, double initialEval)
+    {
         CrashTestHook.Phase("begin", step);
         PeftAdapter.Save(_lora, tmp, _o.BaseModelName, ScalarType.Float32);
         CrashTestHook.Phase("adapter", step);
@@ -385,15 +408,6 @@ public sealed class Trainer
         };
         Checkpoints.WriteJson(Path.Combine(tmp, "trainer_state.json"), state);
         CrashTestHook.Phase("state", step);
-        // A checkpoint of the same step (a finished run resumed) is renamed away before it is deleted, so no
-        // half-deleted directory ever carries a step-* name (recursive deletion is not atomic).
-        if (Directory.Exists(final)) DeleteAtomically(final);
-        Directory.Move(tmp, final);
-        CrashTestHook.Phase("renamed", step);
-        foreach (var old in Directory.GetDirectories(CheckpointRoot, "step-*").Order(StringComparer.Ordinal).SkipLast(_o.KeepCheckpoints))
-            DeleteAtomically(old);
-        CrashTestHook.Phase("end", step);
-        Log?.Invoke($"checkpoint {final}");
     }
 
     /// <summary>Renames a checkpoint directory to a hidden name, then deletes it: a kill mid-delete leaves garbage, never a broken step-*.</summary>

@@ -40,6 +40,20 @@ public class CrashSafetyTests
             return 2;
         }
         TorchRuntime.EnsureLoaded(intraOpThreads: 1);
+        try
+        {
+            Run(args);
+            return 0;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or QLoRA.Native.QLoraException or InvalidDataException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+    }
+
+    private static void Run(string[] args)
+    {
         var report = FineTuning.Run(new FineTuneSettings
         {
             Model = args[2],
@@ -54,20 +68,24 @@ public class CrashSafetyTests
             },
         }, log: line => Console.Error.WriteLine(line));
         Console.Error.WriteLine($"done: {report.Result.Steps} steps");
-        return 0;
     }
 
-    private sealed class Child : IDisposable
+    internal sealed class Child : IDisposable
     {
         private readonly Process _p;
         private readonly ConcurrentQueue<string> _lines = new();
         private int _markers;
         private readonly SemaphoreSlim _marker = new(0);
 
-        public Child(string outDir, string data, bool pause)
+        /// <param name="namespaceScript">A shell script run in a private mount namespace (unshare -m) instead of the
+        /// child itself; "$@" in it runs the child (e.g. mount a small tmpfs, run "$@", list what is left).</param>
+        public Child(string outDir, string data, bool pause, string? namespaceScript = null)
         {
             var files = TestModels.Files;
-            var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            var psi = new ProcessStartInfo(namespaceScript is null ? "dotnet" : "unshare") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            if (namespaceScript is not null)
+                foreach (string a in new[] { "-m", "sh", "-c", namespaceScript, "sh", "dotnet" })
+                    psi.ArgumentList.Add(a);
             foreach (string a in new[] { "exec", typeof(CrashSafetyTests).Assembly.Location, "train-child", outDir, data, files.ModelPath, files.TokenizerPath })
                 psi.ArgumentList.Add(a);
             psi.Environment["OMP_WAIT_POLICY"] = "PASSIVE";
@@ -253,7 +271,7 @@ public class CrashSafetyTests
         return losses;
     }
 
-    private static void WriteData(string path)
+    internal static void WriteData(string path)
     {
         string[] animals = ["cat", "dog", "bird", "fish", "fox", "owl", "bear", "frog"];
         string[] colors = ["red", "blue", "green", "small", "big", "happy", "sleepy", "brave"];
