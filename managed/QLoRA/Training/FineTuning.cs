@@ -123,6 +123,7 @@ public static class FineTuning
     {
         var sw = Stopwatch.StartNew();
         var t = s.Trainer.Validate();
+        CheckWritable(t.OutputDirectory);   // before minutes of loading: a run that cannot save must not start
         var lora = s.Lora with { ComputeDtype = s.ComputeDtype };
         lora.Validate();
         string model = s.Model, baseName = s.Model;
@@ -181,6 +182,25 @@ public static class FineTuning
         }
         return new FineTuneReport(result, Path.GetFullPath(t.OutputDirectory), description, train.Count, eval.Count,
                                   adapters.TrainableParameterCount, s.Quant.Name, samples, sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>
+    /// Creates <paramref name="dir"/> if needed and proves a file can be created in it (a probe file, removed);
+    /// throws an <see cref="IOException"/> naming the directory otherwise.
+    /// </summary>
+    public static void CheckWritable(string dir)
+    {
+        string full = Path.GetFullPath(dir);
+        string probe = Path.Combine(full, $".write-test-{Environment.ProcessId}");
+        try
+        {
+            Directory.CreateDirectory(full);
+            using (new FileStream(probe, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"the output directory {full} is not writable: {e.Message}", e);
+        }
     }
 
     /// <summary>The data split of the settings: the WordNet task, or a file (plus an optional evaluation file).</summary>

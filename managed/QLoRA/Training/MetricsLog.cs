@@ -72,8 +72,19 @@ public sealed class MetricsLog : IDisposable
                     _eval.Add(new EvalMetrics(step, (double)n["eval_loss"]!, (long)n["tokens"]!));
             }
         }
-        _jsonl = new StreamWriter(JsonlPath, append: false) { AutoFlush = true };
-        foreach (string line in kept) _jsonl.WriteLine(line);
+        // The kept records go to a temporary file renamed over the log before appending: truncating the log in
+        // place would lose them all to a kill between the truncation and the rewrite.
+        if (resumeStep is not null && File.Exists(JsonlPath))
+        {
+            string tmp = JsonlPath + ".tmp-" + Environment.ProcessId;
+            File.WriteAllLines(tmp, kept);
+            File.Move(tmp, JsonlPath, overwrite: true);
+            _jsonl = new StreamWriter(JsonlPath, append: true) { AutoFlush = true };
+        }
+        else
+        {
+            _jsonl = new StreamWriter(JsonlPath, append: false) { AutoFlush = true };
+        }
         _tb = new TensorBoardWriter(Path.Combine(directory, "tensorboard"));
     }
 

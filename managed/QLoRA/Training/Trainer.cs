@@ -179,6 +179,7 @@ public sealed class Trainer
         }, NativeRuntime.Context);
         GradientCheckpointing.Enable(model, o.GradientCheckpointing);
 
+        RemoveDebris();
         long step = 0;
         double initialEval = double.NaN;
         torch.manual_seed(o.Seed);
@@ -195,6 +196,7 @@ public sealed class Trainer
         {
             Log?.Invoke($"--resume: no checkpoint in {CheckpointRoot}; starting from step 0");
         }
+        long resumedStep = step;
         WriteEffectiveConfig();
 
         using var metrics = new MetricsLog(o.OutputDirectory, resumedFrom is null ? null : step);
@@ -268,7 +270,10 @@ public sealed class Trainer
                 metrics.Add(em);
                 OnEval?.Invoke(em);
             }
-            SaveCheckpoint(step, optimizer, data, initialEval);
+            // A resumed run that was already at its last step (killed after its final checkpoint) has that
+            // checkpoint on disk: rewriting it would only open a window without it.
+            if (resumedFrom is null || step != resumedStep)
+                SaveCheckpoint(step, optimizer, data, initialEval);
             PeftAdapter.Save(_lora, o.OutputDirectory, o.BaseModelName, o.AdapterDtype);
             adapterDir = o.OutputDirectory;
         }
@@ -358,10 +363,37 @@ public sealed class Trainer
         string tmp = Path.Combine(CheckpointRoot, $".tmp-{name}-{Environment.ProcessId}");
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Directory.CreateDirectory(tmp);
+        try
+        {
+            WriteCheckpointFiles(tmp, step, optimizer, data, initialEval);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or QLoRA.Native.QLoraException)
+        {
+            // Nothing half-written stays behind (a disk that filled up, a directory that became unwritable).
+            try { Directory.Delete(tmp, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw new IOException($"cannot write the checkpoint of step {step} into {CheckpointRoot}: {e.Message}", e);
+        }
+        // A checkpoint of the same step (a finished run resumed) is renamed away before it is deleted, so no
+        // half-deleted directory ever carries a step-* name (recursive deletion is not atomic).
+        if (Directory.Exists(final)) DeleteAtomically(final);
+        Directory.Move(tmp, final);
+        CrashTestHook.Phase("renamed", step);
+        foreach (var old in Directory.GetDirectories(CheckpointRoot, "step-*").Order(StringComparer.Ordinal).SkipLast(_o.KeepCheckpoints))
+            DeleteAtomically(old);
+        CrashTestHook.Phase("end", step);
+        Log?.Invoke($"checkpoint {final}");
+    }
+
+    private void WriteCheckpointFiles(string tmp, long step, PagedAdamW optimizer, DataStream data, double initialEval)
+    {
+        CrashTestHook.Phase("begin", step);
         PeftAdapter.Save(_lora, tmp, _o.BaseModelName, ScalarType.Float32);
+        CrashTestHook.Phase("adapter", step);
         optimizer.Save(Path.Combine(tmp, "optimizer.bin"));
+        CrashTestHook.Phase("optimizer", step);
         using (var rng = get_rng_state())
             Checkpoints.WriteBytes(Path.Combine(tmp, "rng.bin"), rng.data<byte>().ToArray());
+        CrashTestHook.Phase("rng", step);
         var state = new JsonObject
         {
             ["step"] = step,
@@ -375,11 +407,26 @@ public sealed class Trainer
             ["initial_eval_loss"] = double.IsNaN(initialEval) ? null : initialEval,
         };
         Checkpoints.WriteJson(Path.Combine(tmp, "trainer_state.json"), state);
-        if (Directory.Exists(final)) Directory.Delete(final, true);
-        Directory.Move(tmp, final);
-        foreach (var old in Directory.GetDirectories(CheckpointRoot, "step-*").Order(StringComparer.Ordinal).SkipLast(_o.KeepCheckpoints))
-            Directory.Delete(old, true);
-        Log?.Invoke($"checkpoint {final}");
+        CrashTestHook.Phase("state", step);
+    }
+
+    /// <summary>Renames a checkpoint directory to a hidden name, then deletes it: a kill mid-delete leaves garbage, never a broken step-*.</summary>
+    private static void DeleteAtomically(string dir)
+    {
+        string trash = Path.Combine(Path.GetDirectoryName(dir)!, $".del-{Path.GetFileName(dir)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.Move(dir, trash);
+        Directory.Delete(trash, true);
+    }
+
+    /// <summary>Removes what killed runs left: half-written (.tmp-*) and half-deleted (.del-*) checkpoint directories.</summary>
+    private void RemoveDebris()
+    {
+        if (!Directory.Exists(CheckpointRoot)) return;
+        foreach (var d in Directory.GetDirectories(CheckpointRoot, ".tmp-step-*").Concat(Directory.GetDirectories(CheckpointRoot, ".del-step-*")))
+        {
+            Log?.Invoke($"removing {d} (left by an interrupted run)");
+            Directory.Delete(d, true);
+        }
     }
 
     private CheckpointState LoadCheckpoint(string dir, PagedAdamW optimizer, DataStream data)
