@@ -7,34 +7,9 @@ using QLoRA.Native;
 namespace QLoRA.Tests.Models;
 
 /// <summary>Broken and unsupported inputs give a message that names the file and the problem, never a crash or a silent wrong model.</summary>
-public class BadInputTests
+public class BadInputTests : HuggingFaceCopyFixture
 {
-    private static string s_hf = "";
-    private string _dir = "";
-
-    [OneTimeSetUp]
-    public void MakeHuggingFaceModel()
-    {
-        TorchRuntime.EnsureLoaded();
-        s_hf = TestModels.TempDir("hf-good");
-        var f = TestModels.Files;
-        Checkpoints.ConvertLlama2cToHuggingFace(f.ModelPath, f.TokenizerPath, s_hf);
-    }
-
-    [OneTimeTearDown]
-    public void Remove() => Directory.Delete(s_hf, true);
-
-    [SetUp]
-    public void SetUp()
-    {
-        _dir = TestModels.TempDir("hf-bad");
-        foreach (string f in Directory.GetFiles(s_hf)) File.Copy(f, Path.Combine(_dir, Path.GetFileName(f)));
-    }
-
-    [TearDown]
-    public void TearDown() => Directory.Delete(_dir, true);
-
-    private string ConfigPath => Path.Combine(_dir, "config.json");
+    private string ConfigPath => Path.Combine(Copy, "config.json");
 
     private void EditConfig(Action<JsonObject> edit)
     {
@@ -43,12 +18,12 @@ public class BadInputTests
         File.WriteAllText(ConfigPath, o.ToJsonString());
     }
 
-    private Exception LoadFails() => Assert.Catch(() => ModelLoader.Load(_dir, new ModelLoadOptions { Quant = QuantSpec.None }).Dispose())!;
+    private Exception LoadFails() => Assert.Catch(() => ModelLoader.Load(Copy, new ModelLoadOptions { Quant = QuantSpec.None }).Dispose())!;
 
     [Test]
     public void TheUnbrokenCopyLoads()
     {
-        using var m = ModelLoader.Load(_dir, new ModelLoadOptions { Quant = QuantSpec.None });
+        using var m = ModelLoader.Load(Copy, new ModelLoadOptions { Quant = QuantSpec.None });
         Assert.That(m.Model.Config.NumLayers, Is.EqualTo(6));
     }
 
@@ -102,8 +77,8 @@ public class BadInputTests
     [Test]
     public void MissingAndUnexpectedTensorsAreNamed()
     {
-        string st = Path.Combine(_dir, "model.safetensors");
-        string src = Path.Combine(s_hf, "model.safetensors");
+        string st = Path.Combine(Copy, "model.safetensors");
+        string src = Path.Combine(Original, "model.safetensors");
         Rewrite(src, st, skip: "model.layers.3.mlp.up_proj.weight");
         Assert.That(LoadFails().Message, Does.Contain("model.layers.3.mlp.up_proj.weight").And.Contain("missing"));
         Rewrite(src, st, extra: "model.layers.0.self_attn.q_proj.bias");
@@ -125,7 +100,7 @@ public class BadInputTests
     [Test]
     public void TruncatedOrCorruptWeightsNameTheFile()
     {
-        string st = Path.Combine(_dir, "model.safetensors");
+        string st = Path.Combine(Copy, "model.safetensors");
         var bytes = File.ReadAllBytes(st);
         File.WriteAllBytes(st, bytes[..(bytes.Length - 1000)]);
         var e = LoadFails();
@@ -135,9 +110,9 @@ public class BadInputTests
         File.WriteAllBytes(st, bytes);
         Assert.That(LoadFails().Message, Does.Contain(st));
         File.Delete(st);
-        Assert.That(LoadFails().Message, Does.Contain(_dir).And.Contain("safetensors"));
+        Assert.That(LoadFails().Message, Does.Contain(Copy).And.Contain("safetensors"));
 
-        string bin = Path.Combine(_dir, "model.bin");
+        string bin = Path.Combine(Copy, "model.bin");
         var model = File.ReadAllBytes(TestModels.Files.ModelPath);
         File.WriteAllBytes(bin, model[..(model.Length / 3)]);
         var e2 = Assert.Catch(() => ModelLoader.Load(bin, new ModelLoadOptions { TokenizerPath = TestModels.Files.TokenizerPath }))!;
@@ -152,7 +127,7 @@ public class BadInputTests
         var e = LoadFails();
         Assert.That(e.Message, Does.Contain("tokenizer.model").And.Contain("32000").And.Contain("300"));
         // llama2.c: the tokenizer.bin must hold exactly the model's vocabulary.
-        string model = Path.Combine(_dir, "small.bin");
+        string model = Path.Combine(Copy, "small.bin");
         SyntheticLlama2c.Write(model, 32, 48, 1, 2, 2, 300, 16, true, 2);
         var e2 = Assert.Catch(() => ModelLoader.Load(model, new ModelLoadOptions { TokenizerPath = TestModels.Files.TokenizerPath }))!;
         Assert.That(e2.Message, Does.Contain("tokenizer.bin"));
@@ -161,7 +136,7 @@ public class BadInputTests
     [Test]
     public void MissingPathsAreReported()
     {
-        var e = Assert.Throws<FileNotFoundException>(() => ModelLoader.Load(Path.Combine(_dir, "nope")));
+        var e = Assert.Throws<FileNotFoundException>(() => ModelLoader.Load(Path.Combine(Copy, "nope")));
         Assert.That(e!.Message, Does.Contain("nope"));
         File.Delete(ConfigPath);
         Assert.That(LoadFails().Message, Does.Contain("config.json"));

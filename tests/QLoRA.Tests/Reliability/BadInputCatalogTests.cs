@@ -12,42 +12,17 @@ namespace QLoRA.Tests.Reliability;
 /// the tensor, the problem) and that nothing partial is left behind.
 /// </summary>
 [NonParallelizable]
-public class BadInputCatalogTests
+public class BadInputCatalogTests : HuggingFaceCopyFixture
 {
-    private static string s_hf = "";
-    private string _dir = "";
-
-    [OneTimeSetUp]
-    public void MakeHuggingFaceModel()
-    {
-        TorchRuntime.EnsureLoaded();
-        s_hf = TestModels.TempDir("catalog-hf");
-        var f = TestModels.Files;
-        Checkpoints.ConvertLlama2cToHuggingFace(f.ModelPath, f.TokenizerPath, s_hf);
-    }
-
-    [OneTimeTearDown]
-    public void Remove() => Directory.Delete(s_hf, true);
-
-    [SetUp]
-    public void SetUp()
-    {
-        _dir = TestModels.TempDir("catalog");
-        foreach (string f in Directory.GetFiles(s_hf)) File.Copy(f, Path.Combine(_dir, Path.GetFileName(f)));
-    }
-
-    [TearDown]
-    public void TearDown() => Directory.Delete(_dir, true);
-
     private const string QProj = "model.layers.2.self_attn.q_proj.weight";
     private const string Norm = "model.layers.1.post_attention_layernorm.weight";
 
     // model.safetensors with one tensor replaced (same name and shape).
     private void Replace(string name, Func<SafetensorsFile, SafetensorsTensorInfo, SafetensorsWriter, bool> add)
     {
-        string st = Path.Combine(_dir, "model.safetensors");
+        string st = Path.Combine(Copy, "model.safetensors");
         string tmp = st + ".new";
-        using (var from = SafetensorsFile.Open(Path.Combine(s_hf, "model.safetensors")))
+        using (var from = SafetensorsFile.Open(Path.Combine(Original, "model.safetensors")))
         using (var w = new SafetensorsWriter())
         {
             foreach (var t in from.Tensors)
@@ -59,7 +34,7 @@ public class BadInputCatalogTests
     }
 
     private Exception LoadFails(QuantSpec quant) =>
-        Assert.Catch(() => ModelLoader.Load(_dir, new ModelLoadOptions { Quant = quant }).Dispose())!;
+        Assert.Catch(() => ModelLoader.Load(Copy, new ModelLoadOptions { Quant = quant }).Dispose())!;
 
     [Test]
     public void WrongDtypeNamesTheTensorAndTheDtype()
@@ -99,13 +74,13 @@ public class BadInputCatalogTests
     {
         // The output path runs through a regular file (root ignores permission bits, so chmod cannot make a
         // directory unwritable for the test; a file in the path fails for every user).
-        string file = Path.Combine(_dir, "a-file");
+        string file = Path.Combine(Copy, "a-file");
         File.WriteAllText(file, "x");
         string outDir = Path.Combine(file, "run");
         var e = Assert.Throws<IOException>(() => FineTuning.Run(new FineTuneSettings
         {
-            Model = Path.Combine(_dir, "no-such-model"),
-            Data = Path.Combine(_dir, "no-such-data.jsonl"),
+            Model = Path.Combine(Copy, "no-such-model"),
+            Data = Path.Combine(Copy, "no-such-data.jsonl"),
             Trainer = new TrainerOptions { OutputDirectory = outDir },
         }))!;
         TestContext.Out.WriteLine(e.Message);
@@ -118,9 +93,9 @@ public class BadInputCatalogTests
     {
         // A training child process in a private mount namespace whose output directory is a 320 KiB tmpfs: the
         // logs fit, the first checkpoint (adapter + optimizer state, ~1.6 MB) does not.
-        string outDir = Path.Combine(_dir, "full");
+        string outDir = Path.Combine(Copy, "full");
         Directory.CreateDirectory(outDir);
-        string data = Path.Combine(_dir, "data.jsonl");
+        string data = Path.Combine(Copy, "data.jsonl");
         CrashSafetyTests.WriteData(data);
         string script = $"mount -t tmpfs -o size=320k tmpfs '{outDir}' || exit 90; \"$@\"; rc=$?; " +
                         $"echo \"left: $(cd '{outDir}' && find . -mindepth 1 | sort | tr '\\n' ' ')\"; exit $rc";
