@@ -4,7 +4,8 @@
 //            from the libtorch_cpu.so PyTorch ships (QLORA_LIBTORCH_CPU, default
 //            the NuGet cache of libtorch-cpu-linux-x64 2.10.0), 2 threads;
 //   deq    - dequantize the whole W (qlora_q4_dequantize) then the same dense GEMM;
-//   stream - a read of the same weight bytes (M = 1 is bandwidth-bound), 2 threads.
+//   STREAM - STREAM's triad on 3 x 128 MiB (M = 1 is bandwidth-bound), 2 threads;
+//   read   - a plain read of the same weight bytes, 2 threads.
 // Matmul/core/* repeat the compute-bound sizes on one thread, timed by the
 // thread's CPU time (robust to time-slicing on a shared machine), next to MKL
 // on one thread and the measured per-core FMA / vdpbf16ps peak.
@@ -17,6 +18,8 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -298,7 +301,60 @@ uint64_t read_bytes(const uint8_t * p, size_t n) {
 }
 #endif
 
-void BM_Stream(benchmark::State & state, Shape s) {
+// Runs fn(t) on kThreads threads: t = 0 on the caller, the others on helpers
+// that live as long as the runner (spawning a thread per iteration would put
+// its start-up, tens of microseconds, into a baseline of a few hundred).
+class Team {
+public:
+    Team() {
+        for (int t = 1; t < kThreads; ++t) helpers_.emplace_back([this, t] { loop(t); });
+    }
+    ~Team() {
+        stop_ = true;
+        gen_.fetch_add(1);
+        for (auto & h : helpers_) h.join();
+    }
+    template <typename F>
+    void run(F && fn) {
+        std::function<void(int)> f = fn;
+        job_ = &f;
+        done_.store(0);
+        gen_.fetch_add(1, std::memory_order_release);
+        fn(0);
+        while (done_.load(std::memory_order_acquire) != kThreads - 1) wait_pause();
+        job_ = nullptr;
+    }
+
+private:
+    static void wait_pause() {
+#if defined(__x86_64__)
+        _mm_pause();
+#endif
+    }
+    void loop(int t) {
+        uint64_t seen = 0; // gen_'s initial value: run() may already have moved it
+
+        for (;;) {
+            int spins = 0;
+            while (gen_.load(std::memory_order_acquire) == seen)
+                if (++spins > (1 << 16)) std::this_thread::yield(); // idle between benchmarks: stop spinning hard
+                else wait_pause();
+            seen = gen_.load();
+            if (stop_) return;
+            (*job_)(t);
+            done_.fetch_add(1, std::memory_order_release);
+        }
+    }
+    std::vector<std::thread> helpers_;
+    std::atomic<uint64_t> gen_{0};
+    std::atomic<int> done_{0};
+    std::atomic<bool> stop_{false};
+    const std::function<void(int)> * job_ = nullptr;
+};
+
+// Read bandwidth: a read of the same bytes the M = 1 kernel reads (one weight
+// copy per iteration, all copies in turn), split over kThreads threads.
+void BM_Read(benchmark::State & state, Shape s) {
     Weights & w = weights(s);
     std::vector<std::pair<const uint8_t *, size_t>> parts;
     for (auto & c : w.copies) {
@@ -309,31 +365,43 @@ void BM_Stream(benchmark::State & state, Shape s) {
         parts.push_back({p.packed, static_cast<size_t>(info.packed_bytes)});
         parts.push_back({p.qabsmax, static_cast<size_t>(info.n_blocks)});
     }
+    Team team;
     size_t i = 0;
-    uint64_t sink = 0;
-    timed(state, "stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N), [&] {
-        // one weight copy per iteration, like the M = 1 kernel
-        uint64_t r[kThreads] = {};
-        std::vector<std::thread> ts;
-        for (int t = 1; t < kThreads; ++t)
-            ts.emplace_back([&, t] {
-                for (size_t j = 0; j < 2; ++j) {
-                    const auto & pp = parts[i + j];
-                    const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
-                    r[t] += read_bytes(pp.first + b, e - b);
-                }
-            });
-        for (size_t j = 0; j < 2; ++j) {
-            const auto & pp = parts[i + j];
-            r[0] += read_bytes(pp.first, pp.second / kThreads);
-        }
-        for (auto & t : ts) t.join();
-        sink += r[0] + r[1];
+    uint64_t r[kThreads] = {};
+    timed(state, "read/K" + std::to_string(s.K) + "/N" + std::to_string(s.N), [&] {
+        team.run([&](int t) {
+            for (size_t j = 0; j < 2; ++j) {
+                const auto & pp = parts[i + j];
+                const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
+                r[t] += read_bytes(pp.first + b, e - b);
+            }
+        });
         i = (i + 2) % parts.size();
     });
-    benchmark::DoNotOptimize(sink);
+    benchmark::DoNotOptimize(r);
     state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.storage_bytes),
                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+}
+
+// STREAM's triad, a[i] = b[i] + q c[i], counted as STREAM counts it (3 x 4
+// bytes per element, write-allocate traffic not counted), on kThreads threads
+// over 3 arrays of 128 MiB: the "STREAM" figure the targets refer to.
+constexpr size_t kTriadFloats = size_t{32} << 20;
+void triad(float * a, const float * b, const float * c, size_t n, float q) {
+    for (size_t i = 0; i < n; ++i) a[i] = b[i] + q * c[i];
+}
+void BM_Triad(benchmark::State & state) {
+    std::vector<float> a(kTriadFloats, 0.0f), b(kTriadFloats, 1.0f), c(kTriadFloats, 2.0f);
+    Team team;
+    timed(state, "triad", [&] {
+        team.run([&](int t) {
+            const size_t lo = kTriadFloats * t / kThreads, hi = kTriadFloats * (t + 1) / kThreads;
+            triad(a.data() + lo, b.data() + lo, c.data() + lo, hi - lo, 3.0f);
+        });
+        benchmark::DoNotOptimize(a.data());
+    });
+    state.counters["GB/s"] = benchmark::Counter(12.0 * kTriadFloats, benchmark::Counter::kIsIterationInvariantRate,
                                                 benchmark::Counter::kIs1000);
 }
 
@@ -398,12 +466,17 @@ void BM_Table(benchmark::State & state) {
     std::printf("Times: the best of all runs of each benchmark (also for the baselines).\n");
     std::printf("GFLOP/s = 2 M N K / time. 'vs dense': ours / dense GEMM of the same precision on an unquantized W; "
                 "'vs deq': ours / (dequantize whole W + the same dense GEMM).\n");
-    std::printf("M = 1: weight GB/s = stored 4-bit bytes / time; 'vs stream': / read bandwidth of the same bytes.\n\n");
+    const double tri = get("triad");
+    const double stream = tri > 0 ? 12.0 * kTriadFloats / tri / 1e9 : 0.0;
+    std::printf("M = 1: weight GB/s = stored 4-bit bytes (4.127 bits/weight) / time; 'vs STREAM': / STREAM triad "
+                "bandwidth (%.1f GB/s in this run, %d threads); 'vs read': / a plain read of the same bytes "
+                "(reads alone stream faster than STREAM's mix of reads and writes).\n\n",
+                stream, kThreads);
     std::printf("%d threads, wall clock:\n\n", kThreads);
     std::printf("| op  | act  |    K  |     N |   M | q4 GFLOP/s | dense GFLOP/s | vs dense | deq+dense GFLOP/s | vs deq | "
-                "weight GB/s | stream GB/s | vs stream |\n");
+                "weight GB/s | vs STREAM | read GB/s | vs read |\n");
     std::printf("|-----|------|-------|-------|-----|-----------:|--------------:|---------:|------------------:|-------:|"
-                "------------:|------------:|----------:|\n");
+                "------------:|----------:|----------:|--------:|\n");
     for (bool fwd : {true, false})
         for (bool bf16 : {false, true})
             for (const Shape & s : kShapes)
@@ -420,12 +493,12 @@ void BM_Table(benchmark::State & state) {
                     if (a > 0) std::printf(" %17.1f | %5.2fx |", flop / a / 1e9, a / q);
                     else std::printf(" %17s | %6s |", "n/a", "n/a");
                     if (M == 1) {
-                        const double st = get("stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N));
-                        const double bytes = static_cast<double>(weights(s).storage_bytes);
-                        std::printf(" %11.1f | %11.1f | %8.2fx |\n", bytes / q / 1e9, st > 0 ? bytes / st / 1e9 : 0.0,
-                                    st > 0 ? st / q : 0.0);
+                        const double rd = get("read/K" + std::to_string(s.K) + "/N" + std::to_string(s.N));
+                        const double bytes = static_cast<double>(weights(s).storage_bytes), gbs = bytes / q / 1e9;
+                        std::printf(" %11.1f | %8.2fx | %9.1f | %6.2fx |\n", gbs, stream > 0 ? gbs / stream : 0.0,
+                                    rd > 0 ? bytes / rd / 1e9 : 0.0, rd > 0 ? rd / q : 0.0);
                     } else {
-                        std::printf(" %11s | %11s | %9s |\n", "", "", "");
+                        std::printf(" %11s | %9s | %9s | %7s |\n", "", "", "", "");
                     }
                 }
     const double pf = get("peak/f32"), pb = get("peak/bf16");
@@ -467,9 +540,10 @@ int register_all() {
                         reg(name, s, M, fwd, bf16)->UseRealTime()->MinTime(0.3);
                     }
     };
+    benchmark::RegisterBenchmark("Matmul/stream_triad", BM_Triad)->UseRealTime()->MinTime(0.5);
     for (const Shape & s : kShapes)
-        benchmark::RegisterBenchmark(("Matmul/stream/K" + std::to_string(s.K) + "/N" + std::to_string(s.N)).c_str(),
-                                     BM_Stream, s)
+        benchmark::RegisterBenchmark(("Matmul/read/K" + std::to_string(s.K) + "/N" + std::to_string(s.N)).c_str(),
+                                     BM_Read, s)
             ->UseRealTime()
             ->MinTime(0.3);
     each("q4", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {

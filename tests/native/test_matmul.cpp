@@ -301,8 +301,13 @@ INSTANTIATE_TEST_SUITE_P(All, MatmulCases, ::testing::ValuesIn(all_cases()),
 // column and row blocks), on the fast (K % 32 == 0) and the generic path.
 TEST(Matmul, LargeShapesCrossAllTiles) {
     // M = 300: two row blocks, cols > 448 (the column block at that M);
-    // M = 20: one thread's columns > 2048 (the column block at small M).
-    const struct { int64_t M, N, K; } shapes[] = {{300, 470, 608}, {270, 64, 601}, {20, 2100, 64}};
+    // M = 20: one thread's columns > 2048 (the column block at small M);
+    // M = 1 and 6 (matvec): rows longer than a scale segment (2048), then whole
+    // 128-element quads, then a 32-chunk tail; M = 1, 3, 7 with K % 128 == 0
+    // (the bf16 matvec for bf16 x): whole quads only, row groups plus leftovers.
+    const struct { int64_t M, N, K; } shapes[] = {{300, 470, 608}, {270, 64, 601}, {20, 2100, 64},
+                                                  {1, 37, 4256},   {6, 21, 2208},  {1, 45, 2304},
+                                                  {3, 29, 4352},   {7, 13, 384}};
     uint32_t seed = 77;
     for (const auto & s : shapes)
         for (qlora_matmul_op op : {QLORA_MATMUL_FORWARD, QLORA_MATMUL_BACKWARD})

@@ -100,16 +100,44 @@ inline void chunk_scales16(const WView & w, int64_t g0, int count, float * out) 
 }
 
 // ---------------------------------------------------------------------------
-// Matvec (M <= 8), fast mode. x is fp32, permuted like the decoder's output.
-// W rows stream once: NR rows at a time, each chunk decoded in registers and
-// scaled by its block's scale (precomputed per segment of kSegChunks chunks).
+// Matvec (M <= 8), fast mode. x is fp32 in the mv_elem layout (quads, then
+// 32-chunks for a tail). W rows stream once, NR rows at a time.
+//
+// A quad is 128 elements of a row: 64 bytes loaded as 16 dwords, dword j
+// holding elements 8j .. 8j+7. Shifting right by nibble_shift(e) brings
+// element 8j+e to the low nibble, which is all vpermps reads, so 8 shifts and
+// 8 vpermps decode a quad: vector e holds the codes of elements 8j+e (lanes j),
+// matching x at quad positions 16e+j (perm128). Dword j lies in the 32-chunk
+// j/4, so the sum over e of code * x is scaled once per quad by a vector of the
+// four chunk scales (quad_scales). This needs no widening shuffle (vpmovzxbd)
+// and no per-chunk scaled table, which left the 32-chunk decoder
+// compute-bound at about 11 GB/s per core with the weights in cache.
 
-constexpr int kPrefetchBytes = 2048; // per row stream, ahead of the chunk being decoded
+
+// The matvec layout (mv_elem): quads, and 32-chunks in perm32 order.
+struct MvLayout {
+    static constexpr bool kMvQuads = true;
+    static int perm(int p) { return perm32(p); }
+};
+
+// Shift that brings element e (0..7) of a dword to the low nibble: the even
+// element of each byte is its high nibble.
+inline constexpr int nibble_shift(int e) { return 8 * (e / 2) + ((e & 1) ? 0 : 4); }
 
 inline void decode32_codes(const uint8_t * p, __m512 code, __m512 & H, __m512 & L) {
     const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
     H = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), code);
     L = _mm512_permutexvar_ps(v, code);
+}
+
+// Lanes 4c .. 4c+3 = sc4[c] (c < 4): the scales of a quad's dwords.
+inline __m512 quad_scales(const float * sc4) {
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutevar_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(sc4)), idx);
+}
+
+inline __m512 quad_codes(__m512i v, int e, __m512 code) {
+    return _mm512_permutexvar_ps(_mm512_srli_epi32(v, static_cast<unsigned>(nibble_shift(e))), code);
 }
 
 template <int MR, int NR>
@@ -120,42 +148,59 @@ void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
     const uint8_t * rowp[NR];
     for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K) >> 1);
     alignas(64) float sc[NR][kSegChunks];
-    __m512 accH[MR][NR], accL[MR][NR];
+    __m512 acc[MR][NR];
     for (int m = 0; m < MR; ++m)
-        for (int i = 0; i < NR; ++i) accH[m][i] = accL[m][i] = _mm512_setzero_ps();
-    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        for (int i = 0; i < NR; ++i) acc[m][i] = _mm512_setzero_ps();
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) { // kSegChunks % 4 == 0: quads never straddle segments
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
         for (int i = 0; i < NR; ++i) {
             prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
             chunk_scales16(w, (n + i) * K + 32 * s0, cn, sc[i]);
         }
         const float * xs = xf + 32 * s0;
-        for (int c = 0; c < cn; ++c) {
-            if ((c & 3) == 0)
-                for (int i = 0; i < NR; ++i)
-                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+        int c = 0;
+        for (; c + 4 <= cn; c += 4) {
+            // the next group of NR rows, same columns: a group ahead in each row's stream
+            for (int i = 0; i < NR; ++i)
+                _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + NR * (K >> 1), _MM_HINT_T0);
+            __m512i v[NR];
+            for (int i = 0; i < NR; ++i) v[i] = _mm512_loadu_si512(rowp[i] + 16 * (s0 + c));
+            __m512 t[MR][NR];
+#pragma GCC unroll 8
+            for (int e = 0; e < 8; ++e) { // each x vector is loaded once for the NR rows
+                __m512 xv[MR];
+                for (int m = 0; m < MR; ++m) xv[m] = _mm512_load_ps(xs + m * K + 32 * c + 16 * e);
+#pragma GCC unroll 4
+                for (int i = 0; i < NR; ++i) {
+                    const __m512 wv = quad_codes(v[i], e, code);
+                    for (int m = 0; m < MR; ++m) t[m][i] = e == 0 ? _mm512_mul_ps(wv, xv[m]) : _mm512_fmadd_ps(wv, xv[m], t[m][i]);
+                }
+            }
+            for (int i = 0; i < NR; ++i) {
+                const __m512 s = quad_scales(sc[i] + c);
+                for (int m = 0; m < MR; ++m) acc[m][i] = _mm512_fmadd_ps(t[m][i], s, acc[m][i]);
+            }
+        }
+        for (; c < cn; ++c) { // the row's tail: 32-chunks, table scaled by the chunk's scale
 #pragma GCC unroll 4
             for (int i = 0; i < NR; ++i) {
-                // the table scaled once: vpermps then picks exactly code[q] * s
-                const __m512 table = _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c]));
                 __m512 H, L;
-                decode32_codes(rowp[i] + 16 * (s0 + c), table, H, L);
+                decode32_codes(rowp[i] + 16 * (s0 + c), _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c])), H, L);
 #pragma GCC unroll 8
                 for (int m = 0; m < MR; ++m) {
                     const float * x = xs + m * K + 32 * c;
-                    accH[m][i] = _mm512_fmadd_ps(H, _mm512_load_ps(x), accH[m][i]);
-                    accL[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), accL[m][i]);
+                    acc[m][i] = _mm512_fmadd_ps(L, _mm512_load_ps(x + 16), _mm512_fmadd_ps(H, _mm512_load_ps(x), acc[m][i]));
                 }
             }
         }
     }
     for (int m = 0; m < MR; ++m)
-        for (int i = 0; i < NR; ++i) store_one(a, m, n + i, _mm512_reduce_add_ps(_mm512_add_ps(accH[m][i], accL[m][i])));
+        for (int i = 0; i < NR; ++i) store_one(a, m, n + i, _mm512_reduce_add_ps(acc[m][i]));
 }
 
 template <int MR>
 void mv_fwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
-    constexpr int NR = MR == 1 ? 4 : MR == 2 ? 4 : MR == 3 ? 4 : MR == 4 ? 3 : MR <= 6 ? 2 : 1;
+    constexpr int NR = MR <= 2 ? 4 : MR == 3 ? 3 : MR == 4 ? 2 : 1; // registers: NR (1 + 2 MR) + MR <= 28
     int64_t n = n0;
     for (; n + NR <= n1; n += NR) mv_fwd_rows<MR, NR>(a, w, xf, n);
     for (; n < n1; ++n) mv_fwd_rows<MR, 1>(a, w, xf, n);
@@ -174,8 +219,89 @@ void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, in
     }
 }
 
-// Backward: acc[m][p] over cols [k0, k1) (lanes permuted per 32-chunk), rows of
-// W streamed NR at a time; every element is one FMA chain in row order.
+// Forward with bf16 x (AVX512-BF16), rows of whole quads (K % 128 == 0). A
+// quad's 64 bytes are read as 32 words of 4 nibbles: vpsrlw by 4f and vpermw
+// (index = the low 5 bits, on a 16-entry bf16 table written twice) decode 32
+// elements at a time, 4w + {1, 0, 3, 2}[f] in word w (mv_elem_bf16), and
+// vdpbf16ps multiplies them with x in the same layout. fp32 lane i of the
+// product sums words 2i and 2i + 1, elements of the 32-chunk i / 4, so the
+// chunk scales apply per lane after the sum, in fp32, as in the fp32 path.
+// The code table is rounded to bf16 (relative error <= 2^-9), as in the bf16
+// GEMM tiles; half the instructions of the fp32 decoder per weight.
+template <int MR, int NR>
+void mv_fwd_rows_bf16(const MatmulArgs & a, const WView & win, const uint16_t * xb, int64_t n) {
+    const WView w = win;
+    const int64_t K = a.K, nch = K / 32;
+    const __m512 code = _mm512_loadu_ps(w.code);
+    const __m256i half = (__m256i)_mm512_cvtneps_pbh(code);
+    const __m512i table = _mm512_inserti64x4(_mm512_castsi256_si512(half), half, 1);
+    const uint8_t * rowp[NR];
+    for (int i = 0; i < NR; ++i) rowp[i] = w.packed + (((n + i) * K) >> 1);
+    alignas(64) float sc[NR][kSegChunks];
+    __m512 acc[MR][NR];
+    for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < NR; ++i) acc[m][i] = _mm512_setzero_ps();
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
+        for (int i = 0; i < NR; ++i) {
+            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
+            chunk_scales16(w, (n + i) * K + 32 * s0, cn, sc[i]);
+        }
+        const uint16_t * xs = xb + 32 * s0;
+        for (int c = 0; c < cn; c += 4) {
+            // the next group of NR rows, same columns: a group ahead in each row's stream
+            for (int i = 0; i < NR; ++i)
+                _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + NR * (K >> 1), _MM_HINT_T0);
+            __m512i v[NR];
+            for (int i = 0; i < NR; ++i) v[i] = _mm512_loadu_si512(rowp[i] + 16 * (s0 + c));
+            __m512 t[MR][NR];
+            for (int m = 0; m < MR; ++m)
+                for (int i = 0; i < NR; ++i) t[m][i] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+            for (int f = 0; f < 4; ++f) { // each x vector is loaded once for the NR rows
+                __m512bh xv[MR];
+                for (int m = 0; m < MR; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(xs + m * K + 32 * c + 32 * f);
+#pragma GCC unroll 4
+                for (int i = 0; i < NR; ++i) {
+                    const __m512bh wv =
+                        (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(v[i], static_cast<unsigned>(4 * f)), table);
+                    for (int m = 0; m < MR; ++m) t[m][i] = _mm512_dpbf16_ps(t[m][i], wv, xv[m]);
+                }
+            }
+            for (int i = 0; i < NR; ++i) {
+                const __m512 s = quad_scales(sc[i] + c);
+                for (int m = 0; m < MR; ++m) acc[m][i] = _mm512_fmadd_ps(t[m][i], s, acc[m][i]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < NR; ++i) store_one(a, m, n + i, _mm512_reduce_add_ps(acc[m][i]));
+}
+
+template <int MR>
+void mv_fwd_range_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb, int64_t n0, int64_t n1) {
+    constexpr int NR = MR <= 2 ? 4 : MR == 3 ? 3 : MR == 4 ? 2 : 1;
+    int64_t n = n0;
+    for (; n + NR <= n1; n += NR) mv_fwd_rows_bf16<MR, NR>(a, w, xb, n);
+    for (; n < n1; ++n) mv_fwd_rows_bf16<MR, 1>(a, w, xb, n);
+}
+
+void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb, int64_t n0, int64_t n1) {
+    switch (a.M) {
+        case 1: return mv_fwd_range_bf16<1>(a, w, xb, n0, n1);
+        case 2: return mv_fwd_range_bf16<2>(a, w, xb, n0, n1);
+        case 3: return mv_fwd_range_bf16<3>(a, w, xb, n0, n1);
+        case 4: return mv_fwd_range_bf16<4>(a, w, xb, n0, n1);
+        case 5: return mv_fwd_range_bf16<5>(a, w, xb, n0, n1);
+        case 6: return mv_fwd_range_bf16<6>(a, w, xb, n0, n1);
+        case 7: return mv_fwd_range_bf16<7>(a, w, xb, n0, n1);
+        default: return mv_fwd_range_bf16<8>(a, w, xb, n0, n1);
+    }
+}
+
+// Backward: acc[m][p] over cols [k0, k1) in the mv_elem layout of kv = k1 - k0
+// elements, rows of W streamed NR at a time; every element is one FMA chain in
+// row order. A quad's multiplier for row i is x[m][n + i] times its scales.
 template <int MR, int NR>
 void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n, int64_t k0, int64_t kv,
                  float * acc) {
@@ -191,20 +317,40 @@ void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
             prefetch_scale(w, (n + i) * K + k0 + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
             chunk_scales16(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
         }
-        for (int c = 0; c < cn; ++c) {
-            if ((c & 3) == 0)
-                for (int i = 0; i < NR; ++i)
-                    _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + kPrefetchBytes, _MM_HINT_T0);
+        int c = 0;
+        for (; c + 4 <= cn; c += 4) {
+            __m512i v[NR];
+            __m512 mul[MR][NR];
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; ++i) {
+                // the same columns of the next group of NR rows
+                _mm_prefetch(reinterpret_cast<const char *>(rowp[i] + 16 * (s0 + c)) + NR * (K >> 1), _MM_HINT_T0);
+                v[i] = _mm512_loadu_si512(rowp[i] + 16 * (s0 + c));
+                const __m512 s = quad_scales(sc[i] + c);
+                for (int m = 0; m < MR; ++m) mul[m][i] = _mm512_mul_ps(s, _mm512_set1_ps(xf[m * N + n + i]));
+            }
+#pragma GCC unroll 8
+            for (int e = 0; e < 8; ++e) {
+                __m512 h[MR];
+                for (int m = 0; m < MR; ++m) h[m] = _mm512_load_ps(acc + m * kv + 32 * (s0 + c) + 16 * e);
+#pragma GCC unroll 4
+                for (int i = 0; i < NR; ++i) {
+                    const __m512 wv = quad_codes(v[i], e, code);
+                    for (int m = 0; m < MR; ++m) h[m] = _mm512_fmadd_ps(wv, mul[m][i], h[m]);
+                }
+                for (int m = 0; m < MR; ++m) _mm512_store_ps(acc + m * kv + 32 * (s0 + c) + 16 * e, h[m]);
+            }
+        }
+        for (; c < cn; ++c) { // the range's tail: 32-chunks, rounded like the quads (code * (s * x))
             __m512 H[NR], L[NR];
 #pragma GCC unroll 4
-            for (int i = 0; i < NR; ++i) // scaled table: vpermps picks exactly code[q] * s
-                decode32_codes(rowp[i] + 16 * (s0 + c), _mm512_mul_ps(code, _mm512_set1_ps(sc[i][c])), H[i], L[i]);
+            for (int i = 0; i < NR; ++i) decode32_codes(rowp[i] + 16 * (s0 + c), code, H[i], L[i]);
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m) {
                 float * p = acc + m * kv + 32 * (s0 + c);
                 __m512 h = _mm512_load_ps(p), l = _mm512_load_ps(p + 16);
                 for (int i = 0; i < NR; ++i) {
-                    const __m512 xv = _mm512_set1_ps(xf[m * N + n + i]);
+                    const __m512 xv = _mm512_mul_ps(_mm512_set1_ps(sc[i][c]), _mm512_set1_ps(xf[m * N + n + i]));
                     h = _mm512_fmadd_ps(H[i], xv, h);
                     l = _mm512_fmadd_ps(L[i], xv, l);
                 }
@@ -219,11 +365,11 @@ template <int MR>
 void mv_bwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1, float * acc) {
     const int64_t kv = k1 - k0;
     std::memset(acc, 0, sizeof(float) * static_cast<size_t>(MR * kv));
-    constexpr int NR = 4;
+    constexpr int NR = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
     int64_t n = 0;
     for (; n + NR <= a.N; n += NR) mv_bwd_rows<MR, NR>(a, w, xf, n, k0, kv, acc);
     for (; n < a.N; ++n) mv_bwd_rows<MR, 1>(a, w, xf, n, k0, kv, acc);
-    store_rows(a, acc, kv, 0, MR, k0, static_cast<int>(kv), true, perm32);
+    store_cols(a, acc, kv, 0, MR, k0, kv, [kv](int64_t p) { return mv_elem<MvLayout>(p, kv); });
 }
 
 void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1, float * acc) {
@@ -238,17 +384,12 @@ void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, in
         default: return mv_bwd_range<8>(a, w, xf, k0, k1, acc);
     }
 }
-
 // ---------------------------------------------------------------------------
 // Forward panels, W^T: lanes are 16 rows of W, so the decoder works on a
 // transposed view. 64 bytes (128 elements) of each of the 16 rows are loaded
 // and transposed as 16x16 dwords; dword j of a row then holds its elements
 // 8j .. 8j+7, and one shift + vpermps + multiply by the rows' scales yields
 // element 8j+e of all 16 rows, in natural k order.
-
-// Shift that brings element e (0..7) of a dword to the low nibble: the even
-// element of each byte is its high nibble.
-inline constexpr int nibble_shift(int e) { return 8 * (e / 2) + ((e & 1) ? 0 : 4); }
 
 // Calls emit(k, values) for k in [0, kc), values = W[n0 + i, k0 + k] for the
 // 16 rows i (rows >= `rows` give 0); kc % 32 == 0. Prefetches the same columns
@@ -312,6 +453,7 @@ struct OpsF32 : OpsBase<float> {
     static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 256;
     static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
+    static constexpr bool kMvQuads = MvLayout::kMvQuads;
 
     // Bp[r][l] = W[n0 + l, k0 + r] (l < nv, else 0), natural order; kc % 32 == 0.
     static void pack_w_fwd_fast(const WView & win, int64_t n0, int nv, int64_t k0, int kc, float * Bp) {
@@ -402,6 +544,7 @@ struct OpsBF16 : OpsBase<uint32_t> {
     static constexpr int  kLanes = 32, kRows = 12, kKC = 512, kMC = 288, kNC = 256;
     static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
+    static constexpr bool kMvQuads = MvLayout::kMvQuads;
 
     // Word position p of a 32-chunk holds element perm(p) (evens, then odds),
     // so dword d pairs perm(2d) and perm(2d + 1); x is packed the same way.
@@ -480,7 +623,12 @@ struct OpsBF16 : OpsBase<uint32_t> {
         }
     }
 
-    // M <= 8 runs the fp32 matvec (W decoded to exact fp32 in registers).
+    // M <= 8: forward with K % 128 == 0 runs the bf16 matvec; otherwise the
+    // fp32 matvec (W decoded to exact fp32 in registers).
+    static constexpr bool kMvBf16 = true;
+    static void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb, int64_t n0, int64_t n1) {
+        avx512::matvec_fwd_bf16(a, w, xb, n0, n1);
+    }
     static void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
         avx512::matvec_fwd_fast(a, w, xf, n0, n1);
     }

@@ -207,34 +207,58 @@ void pack_x_natural_generic(const MatmulArgs & a, int64_t m0, int mc, int64_t r0
 
 // ---------------------------------------------------------------------------
 // Epilogue: y[m0 + m, c0 + col(p)] = alpha * C[m][p] + beta * y, for p < nc.
-template <class Perm>
-void store_rows(const MatmulArgs & a, const float * C, int64_t ldc, int64_t m0, int mc, int64_t c0, int nc,
-                bool permuted, Perm perm) {
+template <class Col>
+void store_cols(const MatmulArgs & a, const float * C, int64_t ldc, int64_t m0, int mc, int64_t c0, int64_t nc,
+                Col col) {
     const float alpha = a.alpha, beta = a.beta;
     for (int m = 0; m < mc; ++m) {
         const float * c = C + static_cast<int64_t>(m) * ldc;
         const int64_t base = (m0 + m) * a.ldy + c0;
         if (a.y_dtype == QLORA_DTYPE_F32) {
             float * y = static_cast<float *>(a.y) + base;
-            if (!permuted) {
-                if (beta == 0.0f)
-                    for (int p = 0; p < nc; ++p) y[p] = alpha * c[p];
-                else
-                    for (int p = 0; p < nc; ++p) y[p] = alpha * c[p] + beta * y[p];
-            } else {
-                for (int p = 0; p < nc; ++p) {
-                    float & o = y[(p & ~31) + perm(p & 31)];
-                    o = beta == 0.0f ? alpha * c[p] : alpha * c[p] + beta * o;
-                }
-            }
+            if (beta == 0.0f)
+                for (int64_t p = 0; p < nc; ++p) y[col(p)] = alpha * c[p];
+            else
+                for (int64_t p = 0; p < nc; ++p) y[col(p)] = alpha * c[p] + beta * y[col(p)];
         } else {
             uint16_t * y = static_cast<uint16_t *>(a.y) + base;
-            for (int p = 0; p < nc; ++p) {
-                uint16_t & o = y[permuted ? (p & ~31) + perm(p & 31) : p];
+            for (int64_t p = 0; p < nc; ++p) {
+                uint16_t & o = y[col(p)];
                 o = f32_to_bf16(beta == 0.0f ? alpha * c[p] : alpha * c[p] + beta * bf16_to_f32(o));
             }
         }
     }
+}
+
+// The same with col(p) = p, or permuted within 32-chunks by perm.
+template <class Perm>
+void store_rows(const MatmulArgs & a, const float * C, int64_t ldc, int64_t m0, int mc, int64_t c0, int nc,
+                bool permuted, Perm perm) {
+    if (permuted)
+        store_cols(a, C, ldc, m0, mc, c0, nc, [perm](int64_t p) { return (p & ~int64_t{31}) + perm(static_cast<int>(p & 31)); });
+    else
+        store_cols(a, C, ldc, m0, mc, c0, nc, [](int64_t p) { return p; });
+}
+
+// Matvec lane layouts. A 32-chunk holds its elements in Ops::perm order. Ops
+// with kMvQuads decode whole 128-element quads (16 dwords of 8 nibbles, one
+// shift + vpermps per nibble position): position p of a quad then holds
+// element perm128(p), and a row's tail of fewer than 128 elements falls back to
+// 32-chunks. mv_elem maps position p of a run of len elements to its element.
+inline int perm128(int p) { return 8 * (p & 15) + (p >> 4); }
+
+// The bf16 matvec (Ops::kMvBf16) decodes a quad as 32 words of 4 nibbles:
+// shifting right by 4f leaves element 4w + {1, 0, 3, 2}[f] of word w in the
+// low bits, so position 32f + w of a quad holds that element.
+inline int64_t mv_elem_bf16(int64_t p) {
+    const int f = static_cast<int>((p >> 5) & 3), w = static_cast<int>(p & 31);
+    return (p & ~int64_t{127}) + 4 * w + (f ^ 1);
+}
+
+template <class Ops>
+int64_t mv_elem(int64_t p, int64_t len) {
+    if (Ops::kMvQuads && p < (len & ~int64_t{127})) return (p & ~int64_t{127}) + perm128(static_cast<int>(p & 127));
+    return (p & ~int64_t{31}) + Ops::perm(static_cast<int>(p & 31));
 }
 
 inline void store_one(const MatmulArgs & a, int64_t m, int64_t c, float acc) {
@@ -393,15 +417,12 @@ inline void matvec_bwd_generic(const MatmulArgs & a, const WView & w, const floa
         for (int64_t k = 0; k < kv; ++k) store_one(a, m, k0 + k, acc[m * kv + k]);
 }
 
-// x as fp32 rows [M][red] (natural order, or permuted within 32-chunks).
-template <class Perm>
-void widen_x(const MatmulArgs & a, bool permuted, Perm perm, float * xf) {
+// x as fp32 rows [M][red]: position r holds element elem(r).
+template <class Elem>
+void widen_x(const MatmulArgs & a, Elem elem, float * xf) {
     const int64_t red = a.red_len();
     for (int64_t m = 0; m < a.M; ++m)
-        for (int64_t r = 0; r < red; ++r) {
-            const int64_t src = permuted ? (r & ~int64_t{31}) + perm(static_cast<int>(r & 31)) : r;
-            xf[m * red + r] = load_act(a.x, a.x_dtype, m * a.ldx + src);
-        }
+        for (int64_t r = 0; r < red; ++r) xf[m * red + r] = load_act(a.x, a.x_dtype, m * a.ldx + elem(r));
 }
 
 // ---------------------------------------------------------------------------
@@ -418,14 +439,24 @@ void run(qlora_context & ctx, const MatmulArgs & a) {
     Scratch & scratch = ctx.scratch;
     const bool fwd = a.op == QLORA_MATMUL_FORWARD;
     const int64_t cols = a.out_cols(), red = a.red_len();
-    auto perm = [](int p) { return Ops::perm(p); };
 
+    if (Ops::kMvBf16 && a.M <= kMatvecMaxM && fwd && fast && a.x_dtype == QLORA_DTYPE_BF16 && a.K % 128 == 0) {
+        // bf16 x, rows of whole quads: x copied once as bf16 in the layout of
+        // the bf16 matvec (mv_elem_bf16), then rows split across threads.
+        uint16_t * xb = static_cast<uint16_t *>(scratch.reserve(static_cast<size_t>(T), sizeof(uint16_t) * a.M * red));
+        const uint16_t * x = static_cast<const uint16_t *>(a.x);
+        for (int64_t m = 0; m < a.M; ++m)
+            for (int64_t r = 0; r < red; ++r) xb[m * red + r] = x[m * a.ldx + mv_elem_bf16(r)];
+        pool.parallel_for(cols, 4, [&](int64_t c0, int64_t c1, int) { Ops::matvec_fwd_bf16(a, w, xb, c0, c1); });
+        return;
+    }
     if (a.M <= kMatvecMaxM) {
         // x widened to fp32 once (shared), then rows (forward) or column
         // ranges (backward) split across threads.
         float * xf = static_cast<float *>(scratch.reserve(static_cast<size_t>(T), sizeof(float) * a.M * red));
-        widen_x(a, fwd && fast, perm, xf);
-        const int64_t grain = fwd ? 4 : 64;
+        if (fwd && fast) widen_x(a, [red](int64_t r) { return mv_elem<Ops>(r, red); }, xf);
+        else widen_x(a, [](int64_t r) { return r; }, xf);
+        const int64_t grain = fwd ? 4 : Ops::kMvQuads ? 128 : 64;
         const size_t per_thread =
             fwd ? (fast ? 0 : sizeof(float) * static_cast<size_t>(a.K))
                 : sizeof(float) * static_cast<size_t>((a.M + 1) * std::min<int64_t>(cols, (cols + T - 1) / T + grain));
@@ -468,6 +499,9 @@ void run(qlora_context & ctx, const MatmulArgs & a) {
 template <class E>
 struct OpsBase {
     using Elem = E;
+    static constexpr bool kMvQuads = false; // matvec layout: 32-chunks only (see mv_elem)
+    static constexpr bool kMvBf16 = false;  // no bf16 matvec for bf16 x (see mv_elem_bf16)
+    static void matvec_fwd_bf16(const MatmulArgs &, const WView &, const uint16_t *, int64_t, int64_t) {}
     static void pack_x_natural(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, E * Sp, int sps) {
         pack_x_natural_generic<E>(a, m0, mc, r0, kc, Sp, sps);
     }
