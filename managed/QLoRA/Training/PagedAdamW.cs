@@ -37,7 +37,11 @@ public sealed record PagedAdamWOptions
     /// <summary>Keep the states in a pager with this residency budget (bytes); null = ordinary memory, unpaged.</summary>
     public long? PagerBudgetBytes { get; init; }
 
-    /// <summary>Pager page size (bytes, a power of two; null = the native default, 1 MiB).</summary>
+    /// <summary>
+    /// Pager page size (bytes, a power of two in [4 KiB, 1 GiB]); null = chosen for the buffers
+    /// (<see cref="PagedAdamW.ChoosePageBytes"/>: the largest power of two from 1 MiB down to 64 KiB that rounds
+    /// the states up by at most 1/8).
+    /// </summary>
     public long? PageBytes { get; init; }
 
     /// <summary>Directory of the pager's spill file (null = $TMPDIR or /tmp).</summary>
@@ -74,6 +78,27 @@ public sealed class PagedAdamW : IDisposable
     private readonly QLoraContext _context;
     private QLoraAdamwParams _hp;
 
+    /// <summary>The pager's page size in bytes; null when the states are not paged.</summary>
+    public long? PageBytes { get; }
+
+    /// <summary>
+    /// Page size for buffers of <paramref name="numels"/> elements: each buffer's states take whole pages, so
+    /// many small buffers (LoRA A/B of a 125M model: r x 576) waste most of a 1 MiB page each (420 MiB of pages
+    /// for 149 MiB of 32-bit states). Returns the largest power of two from 1 MiB down to 64 KiB whose rounding
+    /// adds at most 1/8 to the states, else 64 KiB. Smaller pages only cost more page operations when a budget
+    /// makes the pager spill.
+    /// </summary>
+    public static long ChoosePageBytes(IEnumerable<long> numels, bool eightBit)
+    {
+        // State bytes per element: m and v in fp32, or in 8 bits plus one fp32 absmax each per 256-element block.
+        double perElement = eightBit ? 2.0 + 8.0 / 256 : 8.0;
+        long[] bytes = numels.Select(n => (long)Math.Ceiling(n * perElement)).ToArray();
+        long exact = bytes.Sum();
+        for (long page = 1L << 20; page > 64L << 10; page >>= 1)
+            if (bytes.Sum(b => (b + page - 1) / page * page) <= exact + exact / 8) return page;
+        return 64L << 10;
+    }
+
     /// <summary>Creates the optimizer for <paramref name="parameters"/> (name, parameter) in this order.</summary>
     /// <exception cref="ArgumentException">No parameters, or one that is not a contiguous fp32 tensor.</exception>
     /// <exception cref="QLoraException">The native side refused a value (e.g. a budget smaller than a page).</exception>
@@ -105,7 +130,8 @@ public sealed class PagedAdamW : IDisposable
                 _pager = new QLoraPagerSafeHandle();
                 QLoraPagerParams pp = NativeMethods.qlora_pager_default_params();
                 pp.BudgetBytes = budget;
-                if (options.PageBytes is { } page) pp.PageBytes = page;
+                pp.PageBytes = options.PageBytes ?? ChoosePageBytes(_params.Select(p => p.numel()), options.EightBit);
+                PageBytes = pp.PageBytes;
                 nint dir = options.SpillDirectory is null ? 0 : Marshal.StringToCoTaskMemUTF8(options.SpillDirectory);
                 try
                 {

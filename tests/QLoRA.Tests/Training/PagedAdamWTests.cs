@@ -22,6 +22,29 @@ public class PagedAdamWTests
     }
 
     [Test]
+    public void ChoosesPagesSmallEnoughThatSmallBuffersAreNotMostlyPadding()
+    {
+        // 24 buffers shaped like LoRA A of a 125M model (64 x 576): 288 KiB of 32-bit states each.
+        var ps = Enumerable.Range(0, 24).Select(i => ($"a{i}", new Parameter(randn(64, 576), requires_grad: true))).ToList();
+        using var unpaged = new PagedAdamW(ps, new PagedAdamWOptions(), NativeRuntime.Context);
+        using var paged = new PagedAdamW(ps, new PagedAdamWOptions { PagerBudgetBytes = long.MaxValue }, NativeRuntime.Context);
+        using var mib = new PagedAdamW(ps, new PagedAdamWOptions { PagerBudgetBytes = long.MaxValue, PageBytes = 1L << 20 },
+            NativeRuntime.Context);
+        long exact = unpaged.Info.StateBytes;
+        Assert.That(exact, Is.EqualTo(24L * 64 * 576 * 8), "unpaged: m and v in fp32");
+        Assert.That(unpaged.PageBytes, Is.Null);
+        Assert.That(paged.PageBytes, Is.EqualTo(64L << 10), "128 KiB pages would round 288 KiB up to 384");
+        Assert.That(paged.Info.StateBytes, Is.EqualTo(24L * (5 << 16)), "five 64 KiB pages per buffer");
+        Assert.That(mib.Info.StateBytes, Is.EqualTo(24L << 20), "an explicit 1 MiB page: one page per buffer");
+
+        // Large buffers keep 1 MiB pages; 8-bit states are about a quarter of the bytes.
+        Assert.That(PagedAdamW.ChoosePageBytes([4096L * 4096, 64L * 4096], eightBit: false), Is.EqualTo(1L << 20));
+        Assert.That(PagedAdamW.ChoosePageBytes([64L * 576], eightBit: true), Is.EqualTo(64L << 10));
+        Assert.That(PagedAdamW.ChoosePageBytes([4L << 20], eightBit: true), Is.EqualTo(1L << 20)); // 8.125 MiB in 9 pages
+        Assert.That(PagedAdamW.ChoosePageBytes([1L << 20], eightBit: true), Is.EqualTo(256L << 10)); // 2.03 MiB: 9 x 256 KiB
+    }
+
+    [Test]
     public void FollowsAFloat64AdamWWithGlobalNormClippingAndWorksInPlace()
     {
         var (p1, r1) = Param(300, 1);
