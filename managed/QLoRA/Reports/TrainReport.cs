@@ -173,8 +173,14 @@ public static class TrainReport
             .Select(r => (r, f: Find(rs, r, TrainMethod.LoraFp32))).Where(x => x.f is not null)
             .Select(x => (x.r.Case, Ratio: (double)x.r.PeakBytes / x.f!.PeakBytes,
                           Ckpt: x.r.CheckpointPeakBytes > 0 && x.f!.CheckpointPeakBytes > 0 ? (double)x.r.CheckpointPeakBytes / x.f.CheckpointPeakBytes : double.NaN)).ToList();
-        lines.Add(new TargetLine($"QLoRA peak memory <= {PeakMemoryTarget}x LoRA on an fp32 base at 1B",
-            big.Count == 0 ? "-" : string.Join("; ", big.Select(b => $"seq {b.Case.SeqLen}: {F(b.Ratio, "0.00")}x" + (double.IsNaN(b.Ckpt) ? "" : $" ({F(b.Ckpt, "0.00")}x with gradient checkpointing)"))),
+        // Judged in the QLoRA paper's training setting, gradient checkpointing on both sides (its paged optimizers
+        // exist for the spikes of checkpointed backward passes); the plain steps are judged on a line of their own.
+        var ckpt = big.Where(b => !double.IsNaN(b.Ckpt)).ToList();
+        lines.Add(new TargetLine($"QLoRA peak memory <= {PeakMemoryTarget}x LoRA on an fp32 base at 1B, gradient checkpointing on both (the paper's setting)",
+            ckpt.Count == 0 ? "-" : string.Join("; ", ckpt.Select(b => $"seq {b.Case.SeqLen}: {F(b.Ckpt, "0.00")}x")),
+            ckpt.Count == 0 ? null : ckpt.All(b => b.Ckpt <= PeakMemoryTarget)));
+        lines.Add(new TargetLine($"QLoRA peak memory <= {PeakMemoryTarget}x LoRA on an fp32 base at 1B, without gradient checkpointing",
+            big.Count == 0 ? "-" : string.Join("; ", big.Select(b => $"seq {b.Case.SeqLen}: {F(b.Ratio, "0.00")}x")),
             big.Count == 0 ? null : big.All(b => b.Ratio <= PeakMemoryTarget)));
         return lines;
     }
