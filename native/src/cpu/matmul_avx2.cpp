@@ -278,29 +278,11 @@ struct Ops : OpsBase<float> {
     }
 
     static void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
-        switch (a.M) {
-            case 1: return mv_fwd_range<1>(a, w, xf, n0, n1);
-            case 2: return mv_fwd_range<2>(a, w, xf, n0, n1);
-            case 3: return mv_fwd_range<3>(a, w, xf, n0, n1);
-            case 4: return mv_fwd_range<4>(a, w, xf, n0, n1);
-            case 5: return mv_fwd_range<5>(a, w, xf, n0, n1);
-            case 6: return mv_fwd_range<6>(a, w, xf, n0, n1);
-            case 7: return mv_fwd_range<7>(a, w, xf, n0, n1);
-            default: return mv_fwd_range<8>(a, w, xf, n0, n1);
-        }
+        with_matvec_rows(a, [&](auto m) { mv_fwd_range<decltype(m)::value>(a, w, xf, n0, n1); });
     }
     static void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1,
                                 float * acc) {
-        switch (a.M) {
-            case 1: return mv_bwd_range<1>(a, w, xf, k0, k1, acc);
-            case 2: return mv_bwd_range<2>(a, w, xf, k0, k1, acc);
-            case 3: return mv_bwd_range<3>(a, w, xf, k0, k1, acc);
-            case 4: return mv_bwd_range<4>(a, w, xf, k0, k1, acc);
-            case 5: return mv_bwd_range<5>(a, w, xf, k0, k1, acc);
-            case 6: return mv_bwd_range<6>(a, w, xf, k0, k1, acc);
-            case 7: return mv_bwd_range<7>(a, w, xf, k0, k1, acc);
-            default: return mv_bwd_range<8>(a, w, xf, k0, k1, acc);
-        }
+        with_matvec_rows(a, [&](auto m) { mv_bwd_range<decltype(m)::value>(a, w, xf, k0, k1, acc); });
     }
 };
 

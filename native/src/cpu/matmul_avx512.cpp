@@ -207,16 +207,7 @@ void mv_fwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64
 }
 
 void matvec_fwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
-    switch (a.M) {
-        case 1: return mv_fwd_range<1>(a, w, xf, n0, n1);
-        case 2: return mv_fwd_range<2>(a, w, xf, n0, n1);
-        case 3: return mv_fwd_range<3>(a, w, xf, n0, n1);
-        case 4: return mv_fwd_range<4>(a, w, xf, n0, n1);
-        case 5: return mv_fwd_range<5>(a, w, xf, n0, n1);
-        case 6: return mv_fwd_range<6>(a, w, xf, n0, n1);
-        case 7: return mv_fwd_range<7>(a, w, xf, n0, n1);
-        default: return mv_fwd_range<8>(a, w, xf, n0, n1);
-    }
+    with_matvec_rows(a, [&](auto m) { mv_fwd_range<decltype(m)::value>(a, w, xf, n0, n1); });
 }
 
 // Forward with bf16 x (AVX512-BF16), rows of whole quads (K % 128 == 0). A
@@ -287,16 +278,7 @@ void mv_fwd_range_bf16(const MatmulArgs & a, const WView & w, const uint16_t * x
 }
 
 void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb, int64_t n0, int64_t n1) {
-    switch (a.M) {
-        case 1: return mv_fwd_range_bf16<1>(a, w, xb, n0, n1);
-        case 2: return mv_fwd_range_bf16<2>(a, w, xb, n0, n1);
-        case 3: return mv_fwd_range_bf16<3>(a, w, xb, n0, n1);
-        case 4: return mv_fwd_range_bf16<4>(a, w, xb, n0, n1);
-        case 5: return mv_fwd_range_bf16<5>(a, w, xb, n0, n1);
-        case 6: return mv_fwd_range_bf16<6>(a, w, xb, n0, n1);
-        case 7: return mv_fwd_range_bf16<7>(a, w, xb, n0, n1);
-        default: return mv_fwd_range_bf16<8>(a, w, xb, n0, n1);
-    }
+    with_matvec_rows(a, [&](auto m) { mv_fwd_range_bf16<decltype(m)::value>(a, w, xb, n0, n1); });
 }
 
 // Backward: acc[m][p] over cols [k0, k1) in the mv_elem layout of kv = k1 - k0
@@ -373,17 +355,9 @@ void mv_bwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64
 }
 
 void matvec_bwd_fast(const MatmulArgs & a, const WView & w, const float * xf, int64_t k0, int64_t k1, float * acc) {
-    switch (a.M) {
-        case 1: return mv_bwd_range<1>(a, w, xf, k0, k1, acc);
-        case 2: return mv_bwd_range<2>(a, w, xf, k0, k1, acc);
-        case 3: return mv_bwd_range<3>(a, w, xf, k0, k1, acc);
-        case 4: return mv_bwd_range<4>(a, w, xf, k0, k1, acc);
-        case 5: return mv_bwd_range<5>(a, w, xf, k0, k1, acc);
-        case 6: return mv_bwd_range<6>(a, w, xf, k0, k1, acc);
-        case 7: return mv_bwd_range<7>(a, w, xf, k0, k1, acc);
-        default: return mv_bwd_range<8>(a, w, xf, k0, k1, acc);
-    }
+    with_matvec_rows(a, [&](auto m) { mv_bwd_range<decltype(m)::value>(a, w, xf, k0, k1, acc); });
 }
+
 // ---------------------------------------------------------------------------
 // Forward panels, W^T: lanes are 16 rows of W, so the decoder works on a
 // transposed view. 64 bytes (128 elements) of each of the 16 rows are loaded

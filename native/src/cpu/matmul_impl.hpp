@@ -430,6 +430,22 @@ void widen_x(const MatmulArgs & a, Elem elem, float * xf) {
 
 constexpr int64_t kMatvecMaxM = 8;
 
+// Calls f(std::integral_constant<int, M>{}) for M = a.M in 1 .. kMatvecMaxM:
+// the matvec kernels are templates on the number of x rows.
+template <class F>
+void with_matvec_rows(const MatmulArgs & a, F && f) {
+    switch (a.M) {
+        case 1: return f(std::integral_constant<int, 1>{});
+        case 2: return f(std::integral_constant<int, 2>{});
+        case 3: return f(std::integral_constant<int, 3>{});
+        case 4: return f(std::integral_constant<int, 4>{});
+        case 5: return f(std::integral_constant<int, 5>{});
+        case 6: return f(std::integral_constant<int, 6>{});
+        case 7: return f(std::integral_constant<int, 7>{});
+        default: return f(std::integral_constant<int, 8>{});
+    }
+}
+
 template <class Ops>
 void run(qlora_context & ctx, const MatmulArgs & a) {
     const WView w = make_wview(*a.w);
