@@ -140,6 +140,21 @@ inline __m512 quad_codes(__m512i v, int e, __m512 code) {
     return _mm512_permutexvar_ps(_mm512_srli_epi32(v, static_cast<unsigned>(nibble_shift(e))), code);
 }
 
+// Scales of the cn chunks from column offset k of NR rows whose first
+// element is g0 (row i starts at g0 + i * K); prefetches the scale bytes two
+// segments ahead.
+template <int NR>
+inline void segment_scales(const WView & w, int64_t g0, int64_t K, int64_t k, int cn, float (*sc)[kSegChunks]) {
+    for (int i = 0; i < NR; ++i) {
+        prefetch_scale(w, g0 + i * K + k + 32 * 2 * kSegChunks);
+        chunk_scales16(w, g0 + i * K + k, cn, sc[i]);
+    }
+}
+
+// The number of W rows streamed together for MR rows of x (registers:
+// NR (1 + 2 MR) + MR <= 28 in the forward matvecs).
+constexpr int mv_fwd_rows_per_pass(int MR) { return MR <= 2 ? 4 : MR == 3 ? 3 : MR == 4 ? 2 : 1; }
+
 template <int MR, int NR>
 void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int64_t n) {
     const WView w = win; // a local copy: its fields stay in registers
@@ -153,10 +168,7 @@ void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
         for (int i = 0; i < NR; ++i) acc[m][i] = _mm512_setzero_ps();
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) { // kSegChunks % 4 == 0: quads never straddle segments
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) {
-            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
-            chunk_scales16(w, (n + i) * K + 32 * s0, cn, sc[i]);
-        }
+        segment_scales<NR>(w, n * K, K, 32 * s0, cn, sc);
         const float * xs = xf + 32 * s0;
         int c = 0;
         for (; c + 4 <= cn; c += 4) {
@@ -200,7 +212,7 @@ void mv_fwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
 
 template <int MR>
 void mv_fwd_range(const MatmulArgs & a, const WView & w, const float * xf, int64_t n0, int64_t n1) {
-    constexpr int NR = MR <= 2 ? 4 : MR == 3 ? 3 : MR == 4 ? 2 : 1; // registers: NR (1 + 2 MR) + MR <= 28
+    constexpr int NR = mv_fwd_rows_per_pass(MR);
     int64_t n = n0;
     for (; n + NR <= n1; n += NR) mv_fwd_rows<MR, NR>(a, w, xf, n);
     for (; n < n1; ++n) mv_fwd_rows<MR, 1>(a, w, xf, n);
@@ -234,10 +246,7 @@ void mv_fwd_rows_bf16(const MatmulArgs & a, const WView & win, const uint16_t * 
         for (int i = 0; i < NR; ++i) acc[m][i] = _mm512_setzero_ps();
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) {
-            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
-            chunk_scales16(w, (n + i) * K + 32 * s0, cn, sc[i]);
-        }
+        segment_scales<NR>(w, n * K, K, 32 * s0, cn, sc);
         const uint16_t * xs = xb + 32 * s0;
         for (int c = 0; c < cn; c += 4) {
             // the next group of NR rows, same columns: a group ahead in each row's stream
@@ -271,7 +280,7 @@ void mv_fwd_rows_bf16(const MatmulArgs & a, const WView & win, const uint16_t * 
 
 template <int MR>
 void mv_fwd_range_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb, int64_t n0, int64_t n1) {
-    constexpr int NR = MR <= 2 ? 4 : MR == 3 ? 3 : MR == 4 ? 2 : 1;
+    constexpr int NR = mv_fwd_rows_per_pass(MR);
     int64_t n = n0;
     for (; n + NR <= n1; n += NR) mv_fwd_rows_bf16<MR, NR>(a, w, xb, n);
     for (; n < n1; ++n) mv_fwd_rows_bf16<MR, 1>(a, w, xb, n);
@@ -295,10 +304,7 @@ void mv_bwd_rows(const MatmulArgs & a, const WView & win, const float * xf, int6
     alignas(64) float sc[NR][kSegChunks];
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) {
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        for (int i = 0; i < NR; ++i) {
-            prefetch_scale(w, (n + i) * K + k0 + 32 * (s0 + 2 * kSegChunks)); // two segments ahead
-            chunk_scales16(w, (n + i) * K + k0 + 32 * s0, cn, sc[i]);
-        }
+        segment_scales<NR>(w, n * K + k0, K, 32 * s0, cn, sc);
         int c = 0;
         for (; c + 4 <= cn; c += 4) {
             __m512i v[NR];
