@@ -136,7 +136,7 @@ typedef enum qlora_cpu_isa {
     QLORA_ISA_SCALAR      = 0, /* portable C++ */
     QLORA_ISA_AVX2        = 1, /* AVX2 + FMA + F16C */
     QLORA_ISA_AVX512      = 2, /* AVX-512 F/BW/DQ/VL */
-    QLORA_ISA_AVX512_BF16 = 3, /* AVX-512 + BF16 dot products (vdpbf16ps) */
+    QLORA_ISA_AVX512_BF16 = 3, /* AVX-512 + BF16 dot products (vdpbf16ps) + VNNI (vpdpbusd) */
     QLORA_ISA_BEST        = 100 /* whatever the running CPU supports */
 } qlora_cpu_isa;
 
@@ -292,6 +292,16 @@ typedef struct qlora_matmul_params {
     float           alpha; /* default 1; finite. 0 leaves x and W unread: y = beta * y */
     float           beta;  /* default 0; finite. 0: y is write-only (NaN/Inf already in y are
                               not propagated); 1: accumulate into y (e.g. a LoRA branch) */
+    int32_t         int8_x; /* default 0 (x used exactly). 1 allows 8-bit activations in
+                              the FORWARD matvec (M <= 8, K % 128 == 0, blocksize >= 32)
+                              on CPUs with QLORA_ISA_AVX512_BF16, as llama.cpp does: each
+                              32-element block of x is rounded to int8 with scale
+                              absmax / 127, the code table to round(127 * code / max|code|),
+                              and the products summed as integers per block
+                              (docs/kernels.md "8-bit activations" has the error bound).
+                              Elsewhere (other ops, shapes, ISAs, CUDA) the flag changes
+                              nothing. The REF backend computes the same int8 product (the
+                              oracle of that kernel) where the CPU kernel would apply. */
 } qlora_matmul_params;
 
 QLORA_API qlora_matmul_params qlora_matmul_default_params(void);

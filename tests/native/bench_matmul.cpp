@@ -215,7 +215,7 @@ void timed(benchmark::State & state, const std::string & k, F && body, bool per_
 }
 
 // ---------------------------------------------------------------- benchmarks
-void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, int threads) {
+void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, int threads, bool int8) {
     Weights & w = weights(s);
     const int64_t in = fwd ? s.K : s.N, out = fwd ? s.N : s.K;
     const qlora_dtype dt = bf16 ? QLORA_DTYPE_BF16 : QLORA_DTYPE_F32;
@@ -225,11 +225,12 @@ void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, in
     qlora_view yv = bf16 ? view(yh.data(), dt, M, out) : view(yf.data(), dt, M, out);
     qlora_matmul_params p = qlora_matmul_default_params();
     p.op = fwd ? QLORA_MATMUL_FORWARD : QLORA_MATMUL_BACKWARD;
+    p.int8_x = int8 ? 1 : 0;
     const size_t copies = M == 1 ? w.copies.size() : 1;
     size_t i = 0;
     qlora_context_t c = ctx(threads);
     timed(
-        state, key("q4", fwd, bf16, M, s, threads),
+        state, key(int8 ? "q4i8" : "q4", fwd, bf16, M, s, threads),
         [&] {
             if (qlora_q4_matmul(c, &xv, w.copies[i].get(), &yv, &p) != QLORA_OK) state.SkipWithError(qlora_last_error());
             i = (i + 1) % copies;
@@ -501,6 +502,21 @@ void BM_Table(benchmark::State & state) {
                         std::printf(" %11s | %9s | %9s | %7s |\n", "", "", "", "");
                     }
                 }
+    std::printf("\nM = 1 forward with 8-bit activations (qlora_matmul_params.int8_x: x rounded to int8 per "
+                "32 elements, vpdpbusd), %d threads, wall clock; 'vs exact': / the exact matvec above (same act):\n\n",
+                kThreads);
+    std::printf("| act  |    K  |     N | weight GB/s | vs STREAM | vs read | vs exact |\n");
+    std::printf("|------|-------|-------|------------:|----------:|--------:|---------:|\n");
+    for (bool bf16 : {false, true})
+        for (const Shape & s : kShapes) {
+            const double q = get(key("q4i8", true, bf16, 1, s)), e = get(key("q4", true, bf16, 1, s));
+            if (q == 0.0) continue;
+            const double rd = get("read/K" + std::to_string(s.K) + "/N" + std::to_string(s.N));
+            const double gbs = static_cast<double>(weights(s).storage_bytes) / q / 1e9;
+            std::printf("| %s | %5lld | %5lld | %11.1f | %8.2fx | %6.2fx | %7.2fx |\n", bf16 ? "bf16" : "f32 ",
+                        static_cast<long long>(s.K), static_cast<long long>(s.N), gbs, stream > 0 ? gbs / stream : 0.0,
+                        rd > 0 ? rd / q : 0.0, e > 0 ? e / q : 0.0);
+        }
     const double pf = get("peak/f32"), pb = get("peak/bf16");
     std::printf("\nOne thread, thread CPU time (kernel efficiency, robust to time-slicing on a shared machine). "
                 "Peak per core, measured: fp32 FMA %.1f GFLOP/s, bf16 vdpbf16ps %.1f GFLOP/s.\n\n",
@@ -547,13 +563,21 @@ int register_all() {
             ->UseRealTime()
             ->MinTime(0.3);
     each("q4", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
-        return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16, kThreads);
+        return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16, kThreads, false);
     });
+    for (const Shape & s : kShapes)
+        for (bool bf16 : {false, true})
+            benchmark::RegisterBenchmark((std::string("Matmul/q4i8/fwd") + (bf16 ? "/bf16" : "/f32") + "/M1/K" +
+                                          std::to_string(s.K) + "/N" + std::to_string(s.N))
+                                             .c_str(),
+                                         BM_Q4, s, int64_t{1}, true, bf16, kThreads, true)
+                ->UseRealTime()
+                ->MinTime(0.3);
     // per core (one thread): the compute-bound sizes (M = 1 is bandwidth-bound: 2 threads only)
     each(
         "core/q4",
         [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {
-            return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16, 1);
+            return benchmark::RegisterBenchmark(n.c_str(), BM_Q4, s, M, fwd, bf16, 1, false);
         },
         false);
     each("dense", [](const std::string & n, Shape s, int64_t M, bool fwd, bool bf16) {

@@ -71,7 +71,10 @@ struct Mat {
         v.stride = stride == cols ? 0 : stride;
         return v;
     }
-    bool same_bits(const Mat & o) const { return f == o.f && h == o.h; }
+    bool same_bits(const Mat & o) const { // NaN included
+        return f.size() == o.f.size() && h == o.h &&
+               (f.empty() || std::memcmp(f.data(), o.f.data(), sizeof(float) * f.size()) == 0);
+    }
 };
 
 struct Weight {
@@ -106,6 +109,7 @@ struct Problem {
     std::vector<double> oracle;    // float64 result, [M][cols]
     std::vector<double> abs_sum;   // sum |x w| per element (error scale)
     int64_t            cols = 0, red = 0;
+    bool               int8_x = false; // qlora_matmul_params.int8_x
 
     explicit Problem(const Case & cs)
         : c(cs), w(make_weight(cs.N, cs.K, cs.quant, cs.blocksize, cs.dq, cs.dist, cs.seed)),
@@ -148,6 +152,7 @@ struct Problem {
         p.op = c.op;
         p.alpha = c.alpha;
         p.beta = c.beta;
+        p.int8_x = int8_x ? 1 : 0;
         return p;
     }
 
@@ -366,6 +371,7 @@ TEST(Matmul, DefaultParams) {
     EXPECT_EQ(p.op, QLORA_MATMUL_FORWARD);
     EXPECT_EQ(p.alpha, 1.0f);
     EXPECT_EQ(p.beta, 0.0f);
+    EXPECT_EQ(p.int8_x, 0);
 }
 
 TEST(MatmulErrors, BadArgumentsReturnStatusAndMessage) {
@@ -426,6 +432,9 @@ TEST(MatmulErrors, BadArgumentsReturnStatusAndMessage) {
     q = p;
     q.beta = INFINITY;
     expect_error(QLORA_ERROR_INVALID_ARGUMENT, "beta", &xv, &yv, w.q.get(), &q, ctx.get());
+    q = p;
+    q.int8_x = 2;
+    expect_error(QLORA_ERROR_INVALID_ARGUMENT, "params->int8_x must be 0 or 1, got 2", &xv, &yv, w.q.get(), &q, ctx.get());
     // y overlapping x
     std::vector<float> both(4 * 10 + 4 * 6, 0.0f);
     qlora_view xo = view_of(both.data(), QLORA_DTYPE_F32, 4, 10), yo = view_of(both.data() + 30, QLORA_DTYPE_F32, 4, 6);
@@ -477,4 +486,169 @@ TEST(MatmulScratch, PeakIsBoundedByTilesNotByWeight) {
     Context ctx = make_context(QLORA_BACKEND_CPU);
     EXPECT_EQ(qlora_context_get_stats(ctx.get(), nullptr), QLORA_ERROR_INVALID_ARGUMENT);
     EXPECT_EQ(qlora_context_reset_stats(nullptr), QLORA_ERROR_INVALID_ARGUMENT);
+}
+
+// ---------------------------------------------------------------------------
+// 8-bit activations (qlora_matmul_params.int8_x): the REF backend's int8
+// product against the exact float64 oracle within the error of the two
+// roundings it adds, and the CPU kernel (AVX512-VNNI) against that REF within
+// fp32 summation error; where the flag does not apply it changes no bit.
+namespace {
+
+// Per output element, the bound on |int8 product - exact| and a magnitude for
+// fp32 summation error, from the spec (quant/matmul.hpp): x rounded to
+// steps of amax/127 per 32-block (error <= amax/254), the code table to steps
+// of cmax/127 (error <= ws * cmax / 254 per weight, ws = the block scale).
+// For NF4 and FP4 the element that set a block's absmax decodes to exactly
+// +-ws * cmax (code +-1 = +-cmax), so ws * cmax = max |W| over the block.
+struct Int8Bounds {
+    std::vector<double> quant;  // sum |x dw| + |w dx| + |dx dw|, times |alpha|
+    std::vector<double> magn;   // sum (|x| + dx)(|w| + dw), times |alpha|
+};
+
+Int8Bounds int8_bounds(const Problem & p) {
+    const int64_t K = p.c.K, N = p.c.N, bs = p.c.blocksize;
+    std::vector<double> wmax(static_cast<size_t>((N * K + bs - 1) / bs), 0.0);
+    for (int64_t i = 0; i < N * K; ++i)
+        wmax[static_cast<size_t>(i / bs)] = std::max(wmax[static_cast<size_t>(i / bs)],
+                                                     std::fabs(static_cast<double>(p.w.deq[static_cast<size_t>(i)])));
+    Int8Bounds b;
+    b.quant.assign(static_cast<size_t>(p.c.M * N), 0.0);
+    b.magn.assign(static_cast<size_t>(p.c.M * N), 0.0);
+    const double slack = 1.01, alpha = std::fabs(static_cast<double>(p.c.alpha));
+    for (int64_t m = 0; m < p.c.M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            double q = 0.0, g = 0.0;
+            for (int64_t c = 0; c < K / 32; ++c) {
+                double amax = 0.0;
+                for (int64_t k = 32 * c; k < 32 * c + 32; ++k) amax = std::max(amax, std::fabs(double{p.x.get(m, k)}));
+                const double dx = slack * amax / 254.0;
+                for (int64_t k = 32 * c; k < 32 * c + 32; ++k) {
+                    const int64_t i = n * K + k;
+                    const double dw = slack * wmax[static_cast<size_t>(i / bs)] / 254.0;
+                    const double x = std::fabs(double{p.x.get(m, k)}), w = std::fabs(double{p.w.deq[static_cast<size_t>(i)]});
+                    q += x * dw + w * dx + dx * dw;
+                    g += (x + dx) * (w + dw);
+                }
+            }
+            b.quant[static_cast<size_t>(m * N + n)] = alpha * q;
+            b.magn[static_cast<size_t>(m * N + n)] = alpha * g;
+        }
+    return b;
+}
+
+// "" or the first element of `got` farther than bound(i) from `want`.
+template <class Bound>
+std::string compare_int8(const Problem & p, const Mat & got, const std::vector<double> & want, Bound bound) {
+    for (int64_t m = 0; m < p.c.M; ++m) {
+        for (int64_t j = 0; j < p.cols; ++j) {
+            const size_t i = static_cast<size_t>(m * p.cols + j);
+            const double g = got.get(m, j), w = want[i];
+            const double beta_y = p.c.beta == 0.0f ? 0.0 : std::fabs(p.c.beta * p.y0.get(m, j));
+            const double u_out = p.c.y_dtype == QLORA_DTYPE_BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -23);
+            const double lim = bound(i) + u_out * std::fabs(w) + std::ldexp(1.0, -22) * beta_y + 1e-30;
+            if (!(std::fabs(g - w) <= lim)) {
+                std::ostringstream s;
+                s << "element [" << m << ", " << j << "]: got " << g << ", want " << w << ", |diff| " << std::fabs(g - w)
+                  << " > bound " << lim;
+                return s.str();
+            }
+        }
+        for (int64_t j = p.cols; j < got.stride; ++j)
+            if (got.get(m, j) != kYSentinel) return "y padding overwritten in row " + std::to_string(m);
+    }
+    return "";
+}
+
+bool has_int8_kernel(const BackendCase & b) { return b.backend == QLORA_BACKEND_CPU && b.isa >= QLORA_ISA_AVX512_BF16; }
+
+void check_int8(Problem & p) {
+    p.int8_x = true;
+    const Int8Bounds bounds = int8_bounds(p);
+    Context refc = make_context(QLORA_BACKEND_REF);
+    const Mat ref = p.run(refc.get());
+    std::string err = compare_int8(p, ref, p.oracle, [&](size_t i) { return bounds.quant[i]; });
+    ASSERT_EQ(err, "") << "ref int8 vs float64 oracle: " << describe(p.c);
+    // a real approximation: not the exact product (catches a flag that is ignored)
+    double diff = 0.0;
+    for (int64_t m = 0; m < p.c.M; ++m)
+        for (int64_t j = 0; j < p.cols; ++j)
+            diff = std::max(diff, std::fabs(ref.get(m, j) - p.oracle[static_cast<size_t>(m * p.cols + j)]));
+    EXPECT_GT(diff, 0.0) << describe(p.c);
+    const std::vector<double> refd = as_double(p, ref);
+    const double fsum = static_cast<double>(p.c.K / 8 + 16) * std::ldexp(1.0, -23);
+    for (const BackendCase & b : available_backends()) {
+        if (!has_int8_kernel(b)) continue;
+        Context ctx = make_context(b.backend, b.isa, b.threads);
+        const Mat got = p.run(ctx.get());
+        err = compare_int8(p, got, refd, [&](size_t i) { return fsum * bounds.magn[i]; });
+        EXPECT_EQ(err, "") << b.name << " int8 vs ref int8: " << describe(p.c);
+    }
+}
+
+} // namespace
+
+TEST(MatmulInt8, CpuMatchesRefAndRefIsWithinQuantizationError) {
+    // K % 128 == 0; K = 2176 and 4224 cross a scale segment (2048) with a
+    // partial one; blocks of 4096 span rows; M = 1 .. 8.
+    const struct { int64_t M, N, K; } shapes[] = {{1, 37, 128}, {2, 70, 384},  {3, 16, 2176}, {4, 9, 4224},
+                                                  {5, 11, 256}, {6, 13, 640}, {7, 5, 1152},  {8, 19, 512}};
+    const int32_t blocksizes[] = {64, 32, 128, 4096, 256};
+    uint32_t seed = 500;
+    int i = 0;
+    for (const auto & s : shapes)
+        for (qlora_dtype xd : {QLORA_DTYPE_F32, QLORA_DTYPE_BF16}) {
+            Case c{QLORA_MATMUL_FORWARD, s.M, s.N, s.K, i % 3 == 2 ? QLORA_QUANT_FP4 : QLORA_QUANT_NF4,
+                   blocksizes[i % 5], (i / 2) % 2 == 0, xd, (i / 3) % 2 == 0 ? QLORA_DTYPE_F32 : QLORA_DTYPE_BF16,
+                   i % 2 == 1, i % 7 == 3 ? -0.75f : 1.0f, i % 5 == 1 ? 1.0f : 0.0f,
+                   i % 3 == 1 ? Dist::StudentT : Dist::Normal, seed++};
+            ++i;
+            Problem p(c);
+            check_int8(p);
+        }
+}
+
+// Where int8_x does not apply (backward, M > 8, K % 128 != 0, ISAs without
+// the int8 kernel, x with a NaN or Inf) the result has the bits of a call
+// without it.
+TEST(MatmulInt8, FlagChangesNothingWhereItDoesNotApply) {
+    const Case cases[] = {
+        {QLORA_MATMUL_BACKWARD, 1, 128, 256, QLORA_QUANT_NF4, 64, true, QLORA_DTYPE_F32, QLORA_DTYPE_F32, false, 1.0f,
+         0.0f, Dist::Normal, 31},
+        {QLORA_MATMUL_FORWARD, 9, 40, 256, QLORA_QUANT_NF4, 64, true, QLORA_DTYPE_F32, QLORA_DTYPE_F32, false, 1.0f,
+         0.0f, Dist::Normal, 32},
+        {QLORA_MATMUL_FORWARD, 2, 40, 160, QLORA_QUANT_NF4, 32, true, QLORA_DTYPE_BF16, QLORA_DTYPE_F32, false, 1.0f,
+         0.0f, Dist::Normal, 33},
+        {QLORA_MATMUL_FORWARD, 3, 40, 384, QLORA_QUANT_FP4, 64, false, QLORA_DTYPE_F32, QLORA_DTYPE_F32, true, 1.0f,
+         1.0f, Dist::Normal, 34},
+    };
+    for (const Case & c : cases) {
+        Problem p(c);
+        const bool applies = c.op == QLORA_MATMUL_FORWARD && c.M <= 8 && c.K % 128 == 0;
+        for (const BackendCase & b : available_backends()) {
+            if (b.backend == QLORA_BACKEND_CUDA) continue;
+            if (applies && (b.backend == QLORA_BACKEND_REF || has_int8_kernel(b))) continue;
+            Context ctx = make_context(b.backend, b.isa, b.threads);
+            p.int8_x = false;
+            const Mat exact = p.run(ctx.get());
+            p.int8_x = true;
+            const Mat flagged = p.run(ctx.get());
+            EXPECT_TRUE(exact.same_bits(flagged)) << b.name << ": " << describe(c);
+        }
+    }
+    // a NaN or an Inf in x: the exact product, which propagates it
+    for (float bad : {std::nanf(""), INFINITY}) {
+        Problem p(cases[3]);
+        p.x.set(1, 200, bad);
+        for (const BackendCase & b : available_backends()) {
+            if (b.backend == QLORA_BACKEND_CUDA) continue;
+            Context ctx = make_context(b.backend, b.isa, b.threads);
+            p.int8_x = false;
+            const Mat exact = p.run(ctx.get());
+            p.int8_x = true;
+            const Mat flagged = p.run(ctx.get());
+            EXPECT_TRUE(exact.same_bits(flagged)) << b.name << " with " << bad << " in x";
+            EXPECT_FALSE(std::isfinite(flagged.get(1, 0))) << b.name;
+        }
+    }
 }

@@ -35,11 +35,12 @@ qlora_cpu_isa detect_uncached() {
     const bool avx2 = (ebx >> 5) & 1;
     const bool avx512f = (ebx >> 16) & 1, avx512dq = (ebx >> 17) & 1, avx512bw = (ebx >> 30) & 1,
                avx512vl = (ebx >> 31) & 1;
+    const bool avx512vnni = (ecx >> 11) & 1; // every AVX512-BF16 CPU so far has it; the int8 matvec needs it
     if (!(avx2 && fma && f16c)) return QLORA_ISA_SCALAR;
     if (!(zmm_state && avx512f && avx512dq && avx512bw && avx512vl)) return QLORA_ISA_AVX2;
     __cpuid_count(7, 1, eax, ebx, ecx, edx);
     const bool avx512bf16 = (eax >> 5) & 1;
-    return avx512bf16 ? QLORA_ISA_AVX512_BF16 : QLORA_ISA_AVX512;
+    return avx512bf16 && avx512vnni ? QLORA_ISA_AVX512_BF16 : QLORA_ISA_AVX512;
 }
 #else
 qlora_cpu_isa detect_uncached() { return QLORA_ISA_SCALAR; }

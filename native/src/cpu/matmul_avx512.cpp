@@ -19,6 +19,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <cmath>
+
 namespace qlora::cpu {
 namespace avx512 {
 namespace {
@@ -54,39 +56,45 @@ inline void transpose16(__m512 r[16]) {
 }
 
 // ---------------------------------------------------------------------------
-// Chunk scales, vectorized: out[c] = scale of the 32-element chunk at
-// g0 + 32 c, c < count <= kSegChunks (g0 % 32 == 0). Block scales are decoded
-// 16 at a time (qabsmax bytes widened, the 8-bit map looked up with a gather,
-// the nested absmax - at most two values among 16 consecutive blocks, as the
-// nested block is >= 32 - blended in, then mul and add as block_scale does),
-// then spread over the chunks with vpermps. The scalar version costs ~15
-// cycles per block here (a chain of dependent loads per block).
+// Block scales, vectorized: bs[j] = scale of block b0 + j, j < nblk (a
+// multiple of 16 is written; the lanes past nblk are 0). Decoded 16 at a time:
+// qabsmax bytes widened, the 8-bit map looked up with a gather, the nested
+// absmax - at most two values among 16 consecutive blocks, as the nested block
+// is >= 32 - blended in, then mul and add as block_scale does. The scalar
+// version costs ~15 cycles per block here (a chain of dependent loads per
+// block).
+inline void block_scales16(const WView & w, int64_t b0, int nblk, float * bs) {
+    for (int j = 0; j < nblk; j += 16) {
+        const int n = std::min(16, nblk - j);
+        const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
+        const int64_t b = b0 + j;
+        if (!w.dq) {
+            _mm512_storeu_ps(bs + j, _mm512_maskz_loadu_ps(m, w.absmax + b));
+            continue;
+        }
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.qabsmax + b));
+        const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.nested_code, 4);
+        const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
+        __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
+        if (nhi != nlo) { // lanes from the first block of the next nested block on
+            const int split = static_cast<int>((nhi << w.log2nb) - b);
+            na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
+                                      _mm512_set1_ps(w.nested_absmax[nhi]));
+        }
+        _mm512_storeu_ps(bs + j, _mm512_maskz_add_ps(m, _mm512_mul_ps(code, na), _mm512_set1_ps(w.offset)));
+    }
+}
+
+// Chunk scales: out[c] = scale of the 32-element chunk at g0 + 32 c,
+// c < count <= kSegChunks (g0 % 32 == 0): the block scales (block_scales16)
+// spread over the chunks with vpermps.
 inline void chunk_scales16(const WView & w, int64_t g0, int count, float * out) {
     const int sh = w.log2b - 5; // chunks per block = 2^sh
     const int64_t c0 = g0 >> 5, b0 = c0 >> sh;
     const int nblk = static_cast<int>(((c0 + count - 1) >> sh) - b0 + 1);
     alignas(64) float bs[kSegChunks + 16];
-    const float * src; // block scales from block b0 on
-    if (!w.dq) {
-        src = w.absmax + b0;
-    } else {
-        for (int j = 0; j < nblk; j += 16) {
-            const int n = std::min(16, nblk - j);
-            const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
-            const int64_t b = b0 + j;
-            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.qabsmax + b));
-            const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.nested_code, 4);
-            const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
-            __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
-            if (nhi != nlo) { // lanes from the first block of the next nested block on
-                const int split = static_cast<int>((nhi << w.log2nb) - b);
-                na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
-                                          _mm512_set1_ps(w.nested_absmax[nhi]));
-            }
-            _mm512_store_ps(bs + j, _mm512_add_ps(_mm512_mul_ps(code, na), _mm512_set1_ps(w.offset)));
-        }
-        src = bs;
-    }
+    const float * src = w.dq ? bs : w.absmax + b0; // block scales from block b0 on
+    if (w.dq) block_scales16(w, b0, nblk, bs);
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int c = 0; c < count; c += 16) {
         const int64_t cc = c0 + c;
@@ -288,6 +296,126 @@ void mv_fwd_range_bf16(const MatmulArgs & a, const WView & w, const uint16_t * x
 
 void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb, int64_t n0, int64_t n1) {
     with_matvec_rows(a, [&](auto m) { mv_fwd_range_bf16<decltype(m)::value>(a, w, xb, n0, n1); });
+}
+
+// Forward with 8-bit activations (qlora_matmul_params.int8_x; AVX512-VNNI),
+// rows of whole quads. x is quantized once per call (quantize_x_int8) into one
+// 256-byte record per quad and x row:
+//   [0, 64)    int8 x of the quad's even elements (byte j: element 2j),
+//   [64, 128)  int8 x of its odd elements (byte j: element 2j + 1),
+//   [128, 192) 16 int32: -128 * the sum of the int8 x of elements 8l .. 8l+7,
+//   [192, 256) 16 fp32: lane l = the x scale of the quad's 32-chunk l / 4.
+// A quad's 64 weight bytes give the even elements' codes as (byte >> 4) & 15
+// and the odd ones' as byte & 15; vpshufb maps them to unsigned bytes
+// qw + 128 and vpdpbusd multiplies them with the signed x bytes, 4 per int32
+// lane: lane l sums elements 8l .. 8l+7, which the record's correction term
+// (-128 * sum qx) turns into the sum of qw * qx. Lanes 4c .. 4c+3 belong to
+// chunk c, so the lane sums are converted to fp32 and scaled by the quad's
+// chunk scales (W's times x's), as in the fp32 matvec. The block scales of a
+// quad (1 to 4) come from one 16-byte load and a vpermps with a fixed index.
+// NR rows of W share each load of an x record (the records of a long row do
+// not stay in L1), and each row stream prefetches the next group's columns.
+constexpr int64_t kInt8QuadBytes = 256;
+
+// x rows quantized into records (above); false if x holds a NaN or Inf.
+bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
+    const int64_t K = a.K, nq = K / 128;
+    float xf[128];
+    for (int64_t m = 0; m < a.M; ++m) {
+        for (int64_t q = 0; q < nq; ++q) {
+            uint8_t * r = rec + (m * nq + q) * kInt8QuadBytes;
+            int8_t * even = reinterpret_cast<int8_t *>(r);
+            int8_t * odd = reinterpret_cast<int8_t *>(r + 64);
+            int32_t * corr = reinterpret_cast<int32_t *>(r + 128);
+            float * scale = reinterpret_cast<float *>(r + 192);
+            for (int e = 0; e < 128; ++e) xf[e] = load_act(a.x, a.x_dtype, m * a.ldx + 128 * q + e);
+            for (int c = 0; c < 4; ++c) {
+                float amax = 0.0f;
+                for (int e = 32 * c; e < 32 * c + 32; ++e) {
+                    if (!std::isfinite(xf[e])) return false;
+                    amax = std::max(amax, std::fabs(xf[e]));
+                }
+                const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+                const float xd = amax > 0.0f ? (amax / 127.0f) * (cmax / 127.0f) : 0.0f;
+                for (int l = 4 * c; l < 4 * c + 4; ++l) {
+                    int32_t sum = 0;
+                    for (int e = 8 * l; e < 8 * l + 8; ++e) {
+                        const int v = static_cast<int>(std::nearbyint(xf[e] * inv));
+                        (e & 1 ? odd : even)[e >> 1] = static_cast<int8_t>(v);
+                        sum += v;
+                    }
+                    corr[l] = -128 * sum;
+                    scale[l] = xd;
+                }
+            }
+        }
+    }
+    return true;
+}
+
+template <int MR, int NR>
+void mv_int8_rows(const MatmulArgs & a, const WView & win, const uint8_t * xq, __m512i table, int64_t n) {
+    const WView w = win;
+    const int64_t K = a.K, nch = K / 32, xstride = K / 128 * kInt8QuadBytes;
+    const int sh = w.log2b - 5; // chunks per block = 2^sh
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    // Lane l of a quad is in its chunk l / 4, of block (l / 4) >> sh relative
+    // to the quad's first block: quads start on a multiple of 4 chunks.
+    const __m512i lane_block = _mm512_srli_epi32(
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), static_cast<unsigned>(std::min(sh, 2)));
+    const __mmask8 nblk_mask = static_cast<__mmask8>((1u << (4 >> std::min(sh, 2))) - 1u); // blocks per quad
+    alignas(64) float bs[NR][kSegChunks + 16]; // a segment's block scales, per row
+    __m512 acc[MR][NR];
+    for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < NR; ++i) acc[m][i] = _mm512_setzero_ps();
+    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) { // K % 128 == 0: whole quads
+        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
+        const float * src[NR];
+        int64_t c0[NR], b0[NR];
+        for (int i = 0; i < NR; ++i) {
+            c0[i] = ((n + i) * K >> 5) + s0;
+            b0[i] = c0[i] >> sh;
+            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks));
+            src[i] = bs[i];
+            if (w.dq) block_scales16(w, b0[i], static_cast<int>(((c0[i] + cn - 1) >> sh) - b0[i] + 1), bs[i]);
+            else src[i] = w.absmax + b0[i];
+        }
+        for (int c = 0; c < cn; c += 4) {
+            __m512i wh[NR], wl[NR];
+            __m512 ws[NR];
+            for (int i = 0; i < NR; ++i) {
+                const uint8_t * p = w.packed + (((n + i) * K) >> 1) + 16 * (s0 + c);
+                if (NR > 1) _mm_prefetch(reinterpret_cast<const char *>(p) + NR * (K >> 1), _MM_HINT_T0);
+                const __m512i v = _mm512_loadu_si512(p);
+                wh[i] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+                wl[i] = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
+                // the quad's blocks: at most 4 (one per chunk), from its first
+                const float * qs = src[i] + (((c0[i] + c) >> sh) - b0[i]);
+                const __m128 q4 = w.dq ? _mm_loadu_ps(qs) : _mm_maskz_loadu_ps(nblk_mask, qs); // not past W's absmax
+                ws[i] = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(q4));
+            }
+            const uint8_t * r = xq + (s0 + c) / 4 * kInt8QuadBytes;
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; ++m, r += xstride) {
+                const __m512i corr = _mm512_load_si512(r + 128), xe = _mm512_load_si512(r), xo = _mm512_load_si512(r + 64);
+                const __m512 xd = _mm512_load_ps(reinterpret_cast<const float *>(r + 192));
+                for (int i = 0; i < NR; ++i) {
+                    const __m512i t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, wh[i], xe), wl[i], xo);
+                    acc[m][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(ws[i], xd), acc[m][i]);
+                }
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int i = 0; i < NR; ++i) store_one(a, m, n + i, _mm512_reduce_add_ps(acc[m][i]));
+}
+
+template <int MR>
+void mv_int8_range(const MatmulArgs & a, const WView & w, const uint8_t * xq, __m512i table, int64_t n0, int64_t n1) {
+    constexpr int NR = mv_fwd_rows_per_pass(MR);
+    int64_t n = n0;
+    for (; n + NR <= n1; n += NR) mv_int8_rows<MR, NR>(a, w, xq, table, n);
+    for (; n < n1; ++n) mv_int8_rows<MR, 1>(a, w, xq, table, n);
 }
 
 // Backward: acc[m][p] over cols [k0, k1) in the mv_elem layout of kv = k1 - k0
@@ -623,5 +751,25 @@ struct OpsBF16 : OpsBase<uint32_t> {
 
 void q4_matmul_avx512(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsF32>(ctx, a); }
 void q4_matmul_avx512_bf16(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsBF16>(ctx, a); }
+
+bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
+    using namespace avx512;
+    const WView w = make_wview(*a.w);
+    float cmax = 0.0f;
+    for (int i = 0; i < 16; ++i) cmax = std::max(cmax, std::fabs(w.code[i]));
+    alignas(16) uint8_t qw[16] = {};
+    for (int i = 0; i < 16; ++i)
+        qw[i] = static_cast<uint8_t>(128 + (cmax > 0.0f ? static_cast<int>(std::nearbyint(w.code[i] * (127.0f / cmax))) : 0));
+    const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i *>(qw)));
+    ThreadPool & pool = ctx.threads();
+    const int T = pool.size();
+    uint8_t * xq = static_cast<uint8_t *>(
+        ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(a.M * (a.K / 128) * kInt8QuadBytes)));
+    if (!quantize_x_int8(a, cmax, xq)) return false;
+    pool.parallel_for(a.N, 4, [&](int64_t n0, int64_t n1, int) {
+        with_matvec_rows(a, [&](auto m) { mv_int8_range<decltype(m)::value>(a, w, xq, table, n0, n1); });
+    });
+    return true;
+}
 
 } // namespace qlora::cpu

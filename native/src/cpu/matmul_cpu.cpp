@@ -46,6 +46,7 @@ void q4_matmul(qlora_context & ctx, const MatmulArgs & a) {
 #if defined(QLORA_X86)
     switch (ctx.isa) {
         case QLORA_ISA_AVX512_BF16:
+            if (a.int8_x && q4_matvec_int8_avx512(ctx, a)) return;
             if (a.x_dtype == QLORA_DTYPE_BF16) return q4_matmul_avx512_bf16(ctx, a);
             return q4_matmul_avx512(ctx, a);
         case QLORA_ISA_AVX512: return q4_matmul_avx512(ctx, a);

@@ -75,6 +75,8 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
                         static_cast<double>(params->alpha));
         QLORA_CHECK_ARG(std::isfinite(params->beta), "params->beta must be finite, got %f",
                         static_cast<double>(params->beta));
+        QLORA_CHECK_ARG(params->int8_x == 0 || params->int8_x == 1, "params->int8_x must be 0 or 1, got %d",
+                        params->int8_x);
 
         const bool fwd = op == QLORA_MATMUL_FORWARD;
         const int64_t N = t.rows, K = t.cols;
@@ -107,6 +109,7 @@ QLORA_API qlora_status qlora_q4_matmul(qlora_context_t ctx, const qlora_view * x
         a.alpha = params->alpha;
         a.beta = params->beta;
         a.w = &t;
+        a.int8_x = params->int8_x == 1 && fwd && a.M <= 8 && K % 128 == 0 && t.blocksize >= 32;
 #if QLORA_CUDA
         if (cuda) {
             cuda::q4_matmul(c, a, xv, yv);

@@ -3,6 +3,10 @@
 #include "quant/matmul.hpp"
 #include "quant/q4_tensor.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 namespace qlora::ref {
 
 namespace {
@@ -17,9 +21,64 @@ inline float weight(const qlora_q4_tensor & w, int64_t n, int64_t k) {
     const uint8_t q = (i & 1) ? (byte & 0xf) : (byte >> 4);
     return w.code[q] * w.block_scale(i / w.blocksize);
 }
+
+inline void store(const MatmulArgs & a, int64_t yi, double acc) {
+    double v = static_cast<double>(a.alpha) * acc;
+    if (a.beta != 0.0f) v += static_cast<double>(a.beta) * load(a.y, a.y_dtype, yi);
+    const float f = static_cast<float>(v);
+    if (a.y_dtype == QLORA_DTYPE_BF16) static_cast<uint16_t *>(a.y)[yi] = f32_to_bf16(f);
+    else static_cast<float *>(a.y)[yi] = f;
+}
+
+// The 8-bit-activation forward matvec (see quant/matmul.hpp). false, with y
+// untouched, when x holds a NaN or Inf.
+bool q4_matvec_int8(const MatmulArgs & a) {
+    const qlora_q4_tensor & w = *a.w;
+    const int64_t K = a.K, nblk = K / 32;
+    float cmax = 0.0f;
+    for (int i = 0; i < 16; ++i) cmax = std::max(cmax, std::fabs(w.code[i]));
+    int qw[16] = {};
+    if (cmax > 0.0f)
+        for (int i = 0; i < 16; ++i) qw[i] = static_cast<int>(std::nearbyint(w.code[i] * (127.0f / cmax)));
+    std::vector<int> qx(static_cast<size_t>(a.M * K));
+    std::vector<float> xd(static_cast<size_t>(a.M * nblk));
+    for (int64_t m = 0; m < a.M; ++m) {
+        for (int64_t c = 0; c < nblk; ++c) {
+            float amax = 0.0f;
+            for (int64_t k = 32 * c; k < 32 * c + 32; ++k) {
+                const float v = static_cast<float>(load(a.x, a.x_dtype, m * a.ldx + k));
+                if (!std::isfinite(v)) return false;
+                amax = std::max(amax, std::fabs(v));
+            }
+            xd[static_cast<size_t>(m * nblk + c)] = amax > 0.0f ? (amax / 127.0f) * (cmax / 127.0f) : 0.0f;
+            for (int64_t k = 32 * c; k < 32 * c + 32; ++k) {
+                const float v = static_cast<float>(load(a.x, a.x_dtype, m * a.ldx + k));
+                qx[static_cast<size_t>(m * K + k)] = amax > 0.0f ? static_cast<int>(std::nearbyint(v * (127.0f / amax))) : 0;
+            }
+        }
+    }
+    for (int64_t m = 0; m < a.M; ++m) {
+        for (int64_t n = 0; n < a.N; ++n) {
+            double acc = 0.0;
+            for (int64_t c = 0; c < nblk; ++c) {
+                int64_t dot = 0;
+                for (int64_t k = 32 * c; k < 32 * c + 32; ++k) {
+                    const int64_t i = n * K + k;
+                    const uint8_t byte = w.packed[static_cast<size_t>(i / 2)];
+                    dot += qw[(i & 1) ? (byte & 0xf) : (byte >> 4)] * qx[static_cast<size_t>(m * K + k)];
+                }
+                const float s = w.block_scale((n * K + 32 * c) / w.blocksize) * xd[static_cast<size_t>(m * nblk + c)];
+                acc += static_cast<double>(s) * static_cast<double>(dot);
+            }
+            store(a, m * a.ldy + n, acc);
+        }
+    }
+    return true;
+}
 } // namespace
 
 void q4_matmul(const MatmulArgs & a) {
+    if (a.int8_x && q4_matvec_int8(a)) return;
     const qlora_q4_tensor & w = *a.w;
     const bool fwd = a.op == QLORA_MATMUL_FORWARD;
     const int64_t cols = a.out_cols(), red = a.red_len();
@@ -31,12 +90,7 @@ void q4_matmul(const MatmulArgs & a) {
                 const double wv = fwd ? weight(w, c, r) : weight(w, r, c);
                 acc += xv * wv;
             }
-            const int64_t yi = m * a.ldy + c;
-            double v = static_cast<double>(a.alpha) * acc;
-            if (a.beta != 0.0f) v += static_cast<double>(a.beta) * load(a.y, a.y_dtype, yi);
-            const float f = static_cast<float>(v);
-            if (a.y_dtype == QLORA_DTYPE_BF16) static_cast<uint16_t *>(a.y)[yi] = f32_to_bf16(f);
-            else static_cast<float *>(a.y)[yi] = f;
+            store(a, m * a.ldy + c, acc);
         }
     }
 }
