@@ -313,8 +313,6 @@ void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb,
 // chunk c, so the lane sums are converted to fp32 and scaled by the quad's
 // chunk scales (W's times x's), as in the fp32 matvec. The block scales of a
 // quad (1 to 4) come from one 16-byte load and a vpermps with a fixed index.
-// NR rows of W share each load of an x record (the records of a long row do
-// not stay in L1), and each row stream prefetches the next group's columns.
 constexpr int64_t kInt8QuadBytes = 256;
 
 // x rows quantized into records (above); false if x holds a NaN or Inf.
@@ -353,8 +351,14 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
     return true;
 }
 
-template <int MR, int NR>
-void mv_int8_rows(const MatmulArgs & a, const WView & win, const uint8_t * xq, __m512i table, int64_t n) {
+// Distance of the software prefetch in a row's stream: one W row at a time
+// with the next 4 KB requested ahead streamed closest to a plain read of the
+// weights from DRAM (measured against 1 KB, 2 KB, 8 KB, and 2 to 8 rows at
+// a time sharing each x load, with the next group of rows prefetched).
+constexpr int kInt8Prefetch = 4096;
+
+template <int MR>
+void mv_int8_row(const MatmulArgs & a, const WView & win, const uint8_t * xq, __m512i table, int64_t n) {
     const WView w = win;
     const int64_t K = a.K, nch = K / 32, xstride = K / 128 * kInt8QuadBytes;
     const int sh = w.log2b - 5; // chunks per block = 2^sh
@@ -363,59 +367,39 @@ void mv_int8_rows(const MatmulArgs & a, const WView & win, const uint8_t * xq, _
     // to the quad's first block: quads start on a multiple of 4 chunks.
     const __m512i lane_block = _mm512_srli_epi32(
         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), static_cast<unsigned>(std::min(sh, 2)));
-    const __mmask8 nblk_mask = static_cast<__mmask8>((1u << (4 >> std::min(sh, 2))) - 1u); // blocks per quad
-    alignas(64) float bs[NR][kSegChunks + 16]; // a segment's block scales, per row
-    __m512 acc[MR][NR];
-    for (int m = 0; m < MR; ++m)
-        for (int i = 0; i < NR; ++i) acc[m][i] = _mm512_setzero_ps();
+    const __mmask8 quad_blocks = static_cast<__mmask8>((1u << (4 >> std::min(sh, 2))) - 1u); // 1, 2 or 4
+    const uint8_t * row = w.packed + ((n * K) >> 1);
+    alignas(64) float bs[kSegChunks + 16]; // the segment's block scales
+    __m512 acc[MR];
+    for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
     for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) { // K % 128 == 0: whole quads
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        const float * src[NR];
-        int64_t c0[NR], b0[NR];
-        for (int i = 0; i < NR; ++i) {
-            c0[i] = ((n + i) * K >> 5) + s0;
-            b0[i] = c0[i] >> sh;
-            prefetch_scale(w, (n + i) * K + 32 * (s0 + 2 * kSegChunks));
-            src[i] = bs[i];
-            if (w.dq) block_scales16(w, b0[i], static_cast<int>(((c0[i] + cn - 1) >> sh) - b0[i] + 1), bs[i]);
-            else src[i] = w.absmax + b0[i];
-        }
+        const int64_t c0 = (n * K >> 5) + s0, b0 = c0 >> sh;
+        prefetch_scale(w, n * K + 32 * (s0 + 2 * kSegChunks));
+        const float * src = bs;
+        if (w.dq) block_scales16(w, b0, static_cast<int>(((c0 + cn - 1) >> sh) - b0 + 1), bs);
+        else src = w.absmax + b0;
         for (int c = 0; c < cn; c += 4) {
-            __m512i wh[NR], wl[NR];
-            __m512 ws[NR];
-            for (int i = 0; i < NR; ++i) {
-                const uint8_t * p = w.packed + (((n + i) * K) >> 1) + 16 * (s0 + c);
-                if (NR > 1) _mm_prefetch(reinterpret_cast<const char *>(p) + NR * (K >> 1), _MM_HINT_T0);
-                const __m512i v = _mm512_loadu_si512(p);
-                wh[i] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-                wl[i] = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
-                // the quad's blocks: at most 4 (one per chunk), from its first
-                const float * qs = src[i] + (((c0[i] + c) >> sh) - b0[i]);
-                const __m128 q4 = w.dq ? _mm_loadu_ps(qs) : _mm_maskz_loadu_ps(nblk_mask, qs); // not past W's absmax
-                ws[i] = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(q4));
-            }
+            const uint8_t * p = row + 16 * (s0 + c);
+            _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8Prefetch, _MM_HINT_T0);
+            const __m512i v = _mm512_loadu_si512(p);
+            const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+            const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
+            // the quad's block scales (not past W's absmax: masked without DQ)
+            const float * qs = src + (((c0 + c) >> sh) - b0);
+            const __m128 q4 = w.dq ? _mm_loadu_ps(qs) : _mm_maskz_loadu_ps(quad_blocks, qs);
+            const __m512 ws = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(q4));
             const uint8_t * r = xq + (s0 + c) / 4 * kInt8QuadBytes;
 #pragma GCC unroll 8
             for (int m = 0; m < MR; ++m, r += xstride) {
-                const __m512i corr = _mm512_load_si512(r + 128), xe = _mm512_load_si512(r), xo = _mm512_load_si512(r + 64);
-                const __m512 xd = _mm512_load_ps(reinterpret_cast<const float *>(r + 192));
-                for (int i = 0; i < NR; ++i) {
-                    const __m512i t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, wh[i], xe), wl[i], xo);
-                    acc[m][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(ws[i], xd), acc[m][i]);
-                }
+                __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(r + 128), wh, _mm512_load_si512(r));
+                t = _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(r + 64));
+                const __m512 s = _mm512_mul_ps(ws, _mm512_load_ps(reinterpret_cast<const float *>(r + 192)));
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[m]);
             }
         }
     }
-    for (int m = 0; m < MR; ++m)
-        for (int i = 0; i < NR; ++i) store_one(a, m, n + i, _mm512_reduce_add_ps(acc[m][i]));
-}
-
-template <int MR>
-void mv_int8_range(const MatmulArgs & a, const WView & w, const uint8_t * xq, __m512i table, int64_t n0, int64_t n1) {
-    constexpr int NR = mv_fwd_rows_per_pass(MR);
-    int64_t n = n0;
-    for (; n + NR <= n1; n += NR) mv_int8_rows<MR, NR>(a, w, xq, table, n);
-    for (; n < n1; ++n) mv_int8_rows<MR, 1>(a, w, xq, table, n);
+    for (int m = 0; m < MR; ++m) store_one(a, m, n, _mm512_reduce_add_ps(acc[m]));
 }
 
 // Backward: acc[m][p] over cols [k0, k1) in the mv_elem layout of kv = k1 - k0
@@ -767,7 +751,9 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
         ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(a.M * (a.K / 128) * kInt8QuadBytes)));
     if (!quantize_x_int8(a, cmax, xq)) return false;
     pool.parallel_for(a.N, 4, [&](int64_t n0, int64_t n1, int) {
-        with_matvec_rows(a, [&](auto m) { mv_int8_range<decltype(m)::value>(a, w, xq, table, n0, n1); });
+        with_matvec_rows(a, [&](auto m) {
+            for (int64_t n = n0; n < n1; ++n) mv_int8_row<decltype(m)::value>(a, w, xq, table, n);
+        });
     });
     return true;
 }
