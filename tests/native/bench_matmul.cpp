@@ -313,6 +313,7 @@ public:
     ~Team() {
         stop_ = true;
         gen_.fetch_add(1);
+        gen_.notify_all();
         for (auto & h : helpers_) h.join();
     }
     template <typename F>
@@ -321,6 +322,7 @@ public:
         job_ = &f;
         done_.store(0);
         gen_.fetch_add(1, std::memory_order_release);
+        gen_.notify_all();
         fn(0);
         while (done_.load(std::memory_order_acquire) != kThreads - 1) wait_pause();
         job_ = nullptr;
@@ -336,9 +338,10 @@ private:
         uint64_t seen = 0; // gen_'s initial value: run() may already have moved it
 
         for (;;) {
-            int spins = 0;
-            while (gen_.load(std::memory_order_acquire) == seen)
-                if (++spins > (1 << 16)) std::this_thread::yield(); // idle between benchmarks: stop spinning hard
+            // A short spin, then sleep: a spinning helper would take a core from
+            // the kernels measured between two runs (Matmul/m1_interleaved).
+            for (int spins = 0; gen_.load(std::memory_order_acquire) == seen;)
+                if (++spins > 1000) gen_.wait(seen, std::memory_order_acquire);
                 else wait_pause();
             seen = gen_.load();
             if (stop_) return;
@@ -404,6 +407,96 @@ void BM_Triad(benchmark::State & state) {
     });
     state.counters["GB/s"] = benchmark::Counter(12.0 * kTriadFloats, benchmark::Counter::kIsIterationInvariantRate,
                                                 benchmark::Counter::kIs1000);
+}
+
+// M = 1 on a machine whose memory bandwidth moves by 2x within minutes (a
+// shared VM): the plain read, STREAM's triad and the four matvecs (exact and
+// int8_x, F32 and BF16 x) run in turn, one call each per round, each on the
+// next weight copy, so every ratio compares figures taken over the same
+// seconds. Time per kind = the median over the rounds (a stall of the VM in
+// one round does not move it).
+constexpr int kInterleavedRounds = 60;
+constexpr size_t kInterleavedTriadFloats = kTriadFloats / 4; // 3 x 32 MiB, past the L3
+struct Interleaved {
+    std::vector<double> read, triad, exact[2], int8[2];
+};
+double median(std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+}
+std::map<std::pair<int64_t, int64_t>, Interleaved> & interleaved() {
+    static std::map<std::pair<int64_t, int64_t>, Interleaved> r;
+    return r;
+}
+void BM_M1Interleaved(benchmark::State & state, Shape s) {
+    Weights & w = weights(s);
+    std::vector<std::pair<const uint8_t *, size_t>> parts;
+    for (auto & c : w.copies) {
+        qlora_q4_parts p{};
+        qlora_q4_info info{};
+        qlora_q4_get_parts(c.get(), &p);
+        qlora_q4_get_info(c.get(), &info);
+        parts.push_back({p.packed, static_cast<size_t>(info.packed_bytes)});
+        parts.push_back({p.qabsmax, static_cast<size_t>(info.n_blocks)});
+    }
+    std::vector<float> ta(kInterleavedTriadFloats, 0.0f), tb(kInterleavedTriadFloats, 1.0f),
+        tc(kInterleavedTriadFloats, 2.0f);
+    std::vector<float> xf(static_cast<size_t>(s.K), 0.01f), yf(static_cast<size_t>(s.N));
+    std::vector<uint16_t> xh(static_cast<size_t>(s.K), 0x3c23);
+    qlora_view xv[2] = {view(xf.data(), QLORA_DTYPE_F32, 1, s.K), view(xh.data(), QLORA_DTYPE_BF16, 1, s.K)};
+    qlora_view yv = view(yf.data(), QLORA_DTYPE_F32, 1, s.N);
+    qlora_context_t c = ctx(kThreads);
+    Interleaved & r = interleaved()[{s.K, s.N}];
+    r = Interleaved{};
+    uint64_t sink[kThreads] = {};
+    size_t copy = 0;
+    auto next = [&] { return copy = (copy + 1) % w.copies.size(); };
+    auto clock = [](auto && body) {
+        const auto t0 = std::chrono::steady_clock::now();
+        body();
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    Team team;
+    for (auto _ : state) {
+        for (int round = 0; round < kInterleavedRounds; ++round) {
+            // Each side's threads sleep while the other runs: the first run of
+            // each side in a round wakes them and is not counted.
+            for (int warm = 1; warm >= 0; --warm) {
+                const size_t i = 2 * next();
+                const double dt = clock([&] {
+                    team.run([&](int t) {
+                        for (size_t j = 0; j < 2; ++j) {
+                            const auto & pp = parts[i + j];
+                            const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
+                            sink[t] += read_bytes(pp.first + b, e - b);
+                        }
+                    });
+                });
+                if (!warm) r.read.push_back(dt);
+            }
+            r.triad.push_back(clock([&] {
+                team.run([&](int t) {
+                    const size_t n = ta.size(), lo = n * t / kThreads, hi = n * (t + 1) / kThreads;
+                    triad(ta.data() + lo, tb.data() + lo, tc.data() + lo, hi - lo, 3.0f);
+                });
+            }));
+            qlora_matmul_params warm = qlora_matmul_default_params();
+            if (qlora_q4_matmul(c, &xv[0], w.copies[next()].get(), &yv, &warm) != QLORA_OK)
+                state.SkipWithError(qlora_last_error());
+            for (int int8 = 0; int8 < 2; ++int8)
+                for (int bf16 = 0; bf16 < 2; ++bf16) {
+                    qlora_matmul_params p = qlora_matmul_default_params();
+                    p.int8_x = int8;
+                    qlora_q4_tensor_t wt = w.copies[next()].get();
+                    (int8 ? r.int8 : r.exact)[bf16].push_back(clock([&] {
+                        if (qlora_q4_matmul(c, &xv[bf16], wt, &yv, &p) != QLORA_OK) state.SkipWithError(qlora_last_error());
+                    }));
+                }
+        }
+    }
+    benchmark::DoNotOptimize(sink);
+    benchmark::DoNotOptimize(ta.data());
 }
 
 // The physical limit per core: fp32 FMA and bf16 dot-product throughput
@@ -517,6 +610,30 @@ void BM_Table(benchmark::State & state) {
                         static_cast<long long>(s.K), static_cast<long long>(s.N), gbs, stream > 0 ? gbs / stream : 0.0,
                         rd > 0 ? rd / q : 0.0, e > 0 ? e / q : 0.0);
         }
+    if (!interleaved().empty()) {
+        std::printf("\nM = 1 interleaved (Matmul/m1_interleaved): %d rounds of one call each of: a plain read of the "
+                    "weight bytes, STREAM's triad (3 x 32 MiB), and the forward matvec exact / int8_x with F32 and "
+                    "BF16 x; GB/s = weight bytes (or STREAM's count) / the median time over the rounds; the ratios "
+                    "compare figures taken over the same seconds:\n\n",
+                    kInterleavedRounds);
+        std::printf("|    K  |     N | read GB/s | STREAM GB/s | exact f32 | exact bf16 | int8 f32 | int8 bf16 | "
+                    "int8 f32 vs STREAM | int8 bf16 vs STREAM | int8 f32 vs read | int8 bf16 vs read |\n");
+        std::printf("|-------|-------|----------:|------------:|----------:|-----------:|---------:|----------:|"
+                    "-------------------:|--------------------:|-----------------:|------------------:|\n");
+        for (const Shape & s : kShapes) {
+            auto it = interleaved().find({s.K, s.N});
+            if (it == interleaved().end() || it->second.read.empty()) continue;
+            const Interleaved & v = it->second;
+            const double bytes = static_cast<double>(weights(s).storage_bytes) / 1e9;
+            const double rd = bytes / median(v.read), st = 12.0 * kInterleavedTriadFloats / 1e9 / median(v.triad);
+            const double e0 = bytes / median(v.exact[0]), e1 = bytes / median(v.exact[1]);
+            const double i0 = bytes / median(v.int8[0]), i1 = bytes / median(v.int8[1]);
+            std::printf("| %5lld | %5lld | %9.1f | %11.1f | %9.1f | %10.1f | %8.1f | %9.1f | %17.2fx | %18.2fx | "
+                        "%15.2fx | %16.2fx |\n",
+                        static_cast<long long>(s.K), static_cast<long long>(s.N), rd, st, e0, e1, i0, i1, i0 / st,
+                        i1 / st, i0 / rd, i1 / rd);
+        }
+    }
     const double pf = get("peak/f32"), pb = get("peak/bf16");
     std::printf("\nOne thread, thread CPU time (kernel efficiency, robust to time-slicing on a shared machine). "
                 "Peak per core, measured: fp32 FMA %.1f GFLOP/s, bf16 vdpbf16ps %.1f GFLOP/s.\n\n",
@@ -573,6 +690,11 @@ int register_all() {
                                          BM_Q4, s, int64_t{1}, true, bf16, kThreads, true)
                 ->UseRealTime()
                 ->MinTime(0.3);
+    for (const Shape & s : kShapes)
+        benchmark::RegisterBenchmark(("Matmul/m1_interleaved/K" + std::to_string(s.K) + "/N" + std::to_string(s.N)).c_str(),
+                                     BM_M1Interleaved, s)
+            ->UseRealTime()
+            ->Iterations(1);
     // per core (one thread): the compute-bound sizes (M = 1 is bandwidth-bound: 2 threads only)
     each(
         "core/q4",

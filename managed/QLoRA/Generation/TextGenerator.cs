@@ -31,6 +31,13 @@ public sealed record SamplingOptions
     /// <summary>Stop at an end-of-sequence token (default true).</summary>
     public bool StopAtEos { get; init; } = true;
 
+    /// <summary>
+    /// Decode steps (one token) round the activations of the 4-bit layers to 8 bits
+    /// (<see cref="Models.Linear4bit.Int8Activations"/>): faster on AVX512-VNNI CPUs, approximate. The prompt's
+    /// prefill stays exact (it has more than 8 rows). Default off.
+    /// </summary>
+    public bool Int8Activations { get; init; }
+
     /// <summary>Checks the values.</summary>
     /// <exception cref="ArgumentOutOfRangeException">A value is out of range.</exception>
     public SamplingOptions Validate()
@@ -96,6 +103,7 @@ public sealed class TextGenerator(LlamaForCausalLM model, TextTokenizer tokenize
         using var noGrad = no_grad();
         long capacity = prompt.Count + Math.Max(1, options.MaxNewTokens);
         using var cache = Model.CreateCache(1, capacity);
+        if (options.Int8Activations) Model.SetInt8Activations(true);
         var sw = Stopwatch.StartNew();
         double prefill = 0;
         Tensor? logits = null;
@@ -132,6 +140,7 @@ public sealed class TextGenerator(LlamaForCausalLM model, TextTokenizer tokenize
         finally
         {
             logits?.Dispose();
+            if (options.Int8Activations) Model.SetInt8Activations(false);
         }
         double total = sw.Elapsed.TotalSeconds;
         var textIds = stop == "eos" ? produced.Take(produced.Count - 1) : produced;

@@ -101,6 +101,14 @@ public sealed class Linear4bit : FrozenLinear
     /// <summary>The native context the kernels run on.</summary>
     public QLoraContext Context { get; }
 
+    /// <summary>
+    /// Inference only: lets the forward product of up to 8 rows (a decode step) round the activations to 8 bits
+    /// per 32 elements, as llama.cpp does (<c>qlora_matmul_params.int8_x</c>; docs/kernels.md "8-bit activations").
+    /// Faster on CPUs with AVX512-VNNI (elsewhere it changes nothing); the result is approximate. Ignored when a
+    /// gradient flows through the layer. Default off.
+    /// </summary>
+    public bool Int8Activations { get; set; }
+
     /// <inheritdoc/>
     public override string Format => FormatOf(Weight.Info.Params);
 
@@ -118,7 +126,7 @@ public sealed class Linear4bit : FrozenLinear
         // directly, skipping the autograd node's setup.
         is_grad_enabled() && input.requires_grad
             ? Q4MatmulFunction.apply(input, Weight, Context)
-            : Q4MatmulFunction.Run(Context, input, Weight, QLoraMatmulOp.Forward, Weight.Cols, Weight.Rows);
+            : Q4MatmulFunction.Run(Context, input, Weight, QLoraMatmulOp.Forward, Weight.Cols, Weight.Rows, Int8Activations);
 
     /// <inheritdoc/>
     public override Tensor DequantizedWeight(ScalarType dtype = ScalarType.Float32)
@@ -167,8 +175,12 @@ public sealed class Q4MatmulFunction : autograd.SingleTensorFunction<Q4MatmulFun
         return [dx, null!, null!];
     }
 
-    /// <summary>y[..., outCols] = op(x[..., inCols], W), on x's memory where its layout allows (else on a contiguous copy).</summary>
-    public static unsafe Tensor Run(QLoraContext context, Tensor x, Q4Tensor w, QLoraMatmulOp op, long inCols, long outCols)
+    /// <summary>
+    /// y[..., outCols] = op(x[..., inCols], W), on x's memory where its layout allows (else on a contiguous copy).
+    /// <paramref name="int8Activations"/>: see <see cref="Linear4bit.Int8Activations"/>.
+    /// </summary>
+    public static unsafe Tensor Run(QLoraContext context, Tensor x, Q4Tensor w, QLoraMatmulOp op, long inCols, long outCols,
+                                    bool int8Activations = false)
     {
         if (x.device_type != DeviceType.CPU)
             throw new NotSupportedException($"Linear4bit runs on CPU tensors here; got a {x.device_type} tensor");
@@ -190,6 +202,7 @@ public sealed class Q4MatmulFunction : autograd.SingleTensorFunction<Q4MatmulFun
             QLoraView yv = TensorViews.RowView(y);
             QLoraMatmulParams p = NativeMethods.qlora_matmul_default_params();
             p.Op = op;
+            p.Int8X = int8Activations ? 1 : 0;
             // Small products (decode steps of small models) skip the thread pool's wake-up.
             if (ReferenceEquals(context, NativeRuntime.Context) && rows * inCols * outCols < NativeRuntime.SingleThreadWork)
                 context = NativeRuntime.SingleThreadContext;

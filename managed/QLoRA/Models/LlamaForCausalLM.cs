@@ -163,6 +163,22 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// Turns 8-bit activations on or off in every 4-bit layer (<see cref="Linear4bit.Int8Activations"/>, inference
+    /// only); returns how many layers it set.
+    /// </summary>
+    public int SetInt8Activations(bool on)
+    {
+        int n = 0;
+        foreach (var (_, module) in named_modules())
+            if (module is Linear4bit l)
+            {
+                l.Int8Activations = on;
+                n++;
+            }
+        return n;
+    }
+
+    /// <summary>
     /// Replaces the linear layer called <paramref name="name"/> (a name from <see cref="LinearLayers"/>) by
     /// <paramref name="replacement"/> (e.g. a LoRA wrapper holding the frozen layer): the parent block calls and
     /// registers the replacement under the same name from now on. Returns the module that was there.

@@ -1,5 +1,6 @@
 using QLoRA.Models;
 using QLoRA.Native;
+using QLoRA.Native.Interop;
 
 using TorchSharp;
 
@@ -104,6 +105,30 @@ public class Linear4bitTests
         Assert.That(xb.grad!.dtype, Is.EqualTo(ScalarType.BFloat16));
         using var gExpect = w.sum([0L]).expand(4, 128); // sum over out_features (sum(0) would be a dtype overload)
         Assert.That(RelErr(xb.grad!, gExpect), Is.LessThan(2e-2));
+    }
+
+    [Test]
+    public void Int8ActivationsApproximateTheForwardOfADecodeStepOnly()
+    {
+        using var layer = RandomLayer(200, 384, QuantSpec.Nf4, 51);
+        using var w = layer.DequantizedWeight();
+        manual_seed(5);
+        using var x = randn(1, 384);
+        using var exact = layer.forward(x);
+        layer.Int8Activations = true;
+        using var approx = layer.forward(x);
+        using var expect = nn.functional.linear(x, w);
+        // x rounded to steps of amax/127 per 32 elements, the code table to steps of 1/127: about 1 % here.
+        Assert.That(RelErr(approx, expect), Is.LessThan(3e-2));
+        bool kernel = NativeMethods.qlora_cpu_isa_detected() == QLoraCpuIsa.Avx512Bf16;
+        Assert.That(RelErr(approx, exact), kernel ? Is.GreaterThan(0.0) : Is.EqualTo(0.0),
+            "the int8 kernel runs only on AVX512-BF16 (+VNNI) CPUs; elsewhere the flag changes nothing");
+        // More than 8 rows (a prompt's prefill) and inputs that need a gradient stay exact.
+        using var rows = randn(9, 384);
+        using var rowsExact = nn.functional.linear(rows, w);
+        Assert.That(RelErr(layer.forward(rows), rowsExact), Is.LessThan(1e-5));
+        using var xg = x.clone().requires_grad_(true);
+        Assert.That(RelErr(layer.forward(xg).detach(), exact), Is.EqualTo(0.0));
     }
 
     [Test]
