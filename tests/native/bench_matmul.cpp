@@ -356,31 +356,44 @@ private:
     const std::function<void(int)> * job_ = nullptr;
 };
 
+// The bytes the M = 1 kernel reads from one weight copy: its codes and its
+// block-scale bytes.
+struct WeightBytes {
+    std::vector<std::pair<const uint8_t *, size_t>> parts; // per copy: packed, qabsmax
+
+    explicit WeightBytes(Weights & w) {
+        for (auto & c : w.copies) {
+            qlora_q4_parts p{};
+            qlora_q4_info info{};
+            qlora_q4_get_parts(c.get(), &p);
+            qlora_q4_get_info(c.get(), &info);
+            parts.push_back({p.packed, static_cast<size_t>(info.packed_bytes)});
+            parts.push_back({p.qabsmax, static_cast<size_t>(info.n_blocks)});
+        }
+    }
+    // Thread t of kThreads reads its share of copy i's bytes.
+    uint64_t read(size_t copy, int t) const {
+        uint64_t r = 0;
+        for (size_t j = 0; j < 2; ++j) {
+            const auto & pp = parts[2 * copy + j];
+            const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
+            r += read_bytes(pp.first + b, e - b);
+        }
+        return r;
+    }
+};
+
 // Read bandwidth: a read of the same bytes the M = 1 kernel reads (one weight
 // copy per iteration, all copies in turn), split over kThreads threads.
 void BM_Read(benchmark::State & state, Shape s) {
     Weights & w = weights(s);
-    std::vector<std::pair<const uint8_t *, size_t>> parts;
-    for (auto & c : w.copies) {
-        qlora_q4_parts p{};
-        qlora_q4_info info{};
-        qlora_q4_get_parts(c.get(), &p);
-        qlora_q4_get_info(c.get(), &info);
-        parts.push_back({p.packed, static_cast<size_t>(info.packed_bytes)});
-        parts.push_back({p.qabsmax, static_cast<size_t>(info.n_blocks)});
-    }
+    const WeightBytes bytes(w);
     Team team;
     size_t i = 0;
     uint64_t r[kThreads] = {};
     timed(state, "read/K" + std::to_string(s.K) + "/N" + std::to_string(s.N), [&] {
-        team.run([&](int t) {
-            for (size_t j = 0; j < 2; ++j) {
-                const auto & pp = parts[i + j];
-                const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
-                r[t] += read_bytes(pp.first + b, e - b);
-            }
-        });
-        i = (i + 2) % parts.size();
+        team.run([&](int t) { r[t] += bytes.read(i, t); });
+        i = (i + 1) % w.copies.size();
     });
     benchmark::DoNotOptimize(r);
     state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w.storage_bytes),
@@ -431,15 +444,7 @@ std::map<std::pair<int64_t, int64_t>, Interleaved> & interleaved() {
 }
 void BM_M1Interleaved(benchmark::State & state, Shape s) {
     Weights & w = weights(s);
-    std::vector<std::pair<const uint8_t *, size_t>> parts;
-    for (auto & c : w.copies) {
-        qlora_q4_parts p{};
-        qlora_q4_info info{};
-        qlora_q4_get_parts(c.get(), &p);
-        qlora_q4_get_info(c.get(), &info);
-        parts.push_back({p.packed, static_cast<size_t>(info.packed_bytes)});
-        parts.push_back({p.qabsmax, static_cast<size_t>(info.n_blocks)});
-    }
+    const WeightBytes bytes(w);
     std::vector<float> ta(kInterleavedTriadFloats, 0.0f), tb(kInterleavedTriadFloats, 1.0f),
         tc(kInterleavedTriadFloats, 2.0f);
     std::vector<float> xf(static_cast<size_t>(s.K), 0.01f), yf(static_cast<size_t>(s.N));
@@ -463,16 +468,8 @@ void BM_M1Interleaved(benchmark::State & state, Shape s) {
             // Each side's threads sleep while the other runs: the first run of
             // each side in a round wakes them and is not counted.
             for (int warm = 1; warm >= 0; --warm) {
-                const size_t i = 2 * next();
-                const double dt = clock([&] {
-                    team.run([&](int t) {
-                        for (size_t j = 0; j < 2; ++j) {
-                            const auto & pp = parts[i + j];
-                            const size_t b = pp.second * t / kThreads, e = pp.second * (t + 1) / kThreads;
-                            sink[t] += read_bytes(pp.first + b, e - b);
-                        }
-                    });
-                });
+                const size_t i = next();
+                const double dt = clock([&] { team.run([&](int t) { sink[t] += bytes.read(i, t); }); });
                 if (!warm) r.read.push_back(dt);
             }
             r.triad.push_back(clock([&] {

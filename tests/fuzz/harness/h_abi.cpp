@@ -458,6 +458,7 @@ void Interp::op_matmul() {
     std::memcpy(&op, &p.op, 4);
     if (in_.flag()) p.alpha = rand_float();
     if (in_.flag()) p.beta = rand_float();
+    if (in_.flag()) p.int8_x = in_.u8() % 4 == 0 ? static_cast<int32_t>(in_.u8()) - 128 : 1; // 1, or mostly refused
     const int64_t m = 1 + in_.u8() % 12;
     const int64_t k_in = op == 1 ? info.rows : info.cols, k_out = op == 1 ? info.cols : info.rows;
     auto x = make_view(m, k_in);
