@@ -376,9 +376,14 @@ void mv_int8_row(const MatmulArgs & a, const WView & win, const uint8_t * xq, __
         const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
         const int64_t c0 = (n * K >> 5) + s0, b0 = c0 >> sh;
         prefetch_scale(w, n * K + 32 * (s0 + 2 * kSegChunks));
+        const int nblk = static_cast<int>(((c0 + cn - 1) >> sh) - b0 + 1); // <= kSegChunks
         const float * src = bs;
-        if (w.dq) block_scales16(w, b0, static_cast<int>(((c0 + cn - 1) >> sh) - b0 + 1), bs);
-        else src = w.absmax + b0;
+        if (w.dq) {
+            block_scales16(w, b0, nblk, bs);
+            _mm512_storeu_ps(bs + ((nblk + 15) & ~15), _mm512_setzero_ps()); // the last quad's 16-byte load reads past nblk
+        } else {
+            src = w.absmax + b0;
+        }
         for (int c = 0; c < cn; c += 4) {
             const uint8_t * p = row + 16 * (s0 + c);
             _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8Prefetch, _MM_HINT_T0);
