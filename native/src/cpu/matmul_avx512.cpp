@@ -319,6 +319,7 @@ constexpr int64_t kInt8QuadBytes = 256;
 bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
     const int64_t K = a.K, nq = K / 128;
     float xf[128];
+    int qx[128];
     for (int64_t m = 0; m < a.M; ++m) {
         for (int64_t q = 0; q < nq; ++q) {
             uint8_t * r = rec + (m * nq + q) * kInt8QuadBytes;
@@ -335,16 +336,17 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
                 }
                 const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
                 const float xd = amax > 0.0f ? (amax / 127.0f) * (cmax / 127.0f) : 0.0f;
-                for (int l = 4 * c; l < 4 * c + 4; ++l) {
-                    int32_t sum = 0;
-                    for (int e = 8 * l; e < 8 * l + 8; ++e) {
-                        const int v = static_cast<int>(std::nearbyint(xf[e] * inv));
-                        (e & 1 ? odd : even)[e >> 1] = static_cast<int8_t>(v);
-                        sum += v;
-                    }
-                    corr[l] = -128 * sum;
-                    scale[l] = xd;
-                }
+                for (int e = 32 * c; e < 32 * c + 32; ++e) qx[e] = static_cast<int>(std::nearbyint(xf[e] * inv));
+                for (int l = 4 * c; l < 4 * c + 4; ++l) scale[l] = xd;
+            }
+            for (int j = 0; j < 64; ++j) {
+                even[j] = static_cast<int8_t>(qx[2 * j]);
+                odd[j] = static_cast<int8_t>(qx[2 * j + 1]);
+            }
+            for (int l = 0; l < 16; ++l) {
+                int32_t sum = 0;
+                for (int e = 8 * l; e < 8 * l + 8; ++e) sum += qx[e];
+                corr[l] = -128 * sum;
             }
         }
     }
