@@ -34,7 +34,8 @@ public sealed record SamplingOptions
     /// <summary>
     /// Decode steps (one token) round the activations of the 4-bit layers to 8 bits
     /// (<see cref="Models.Linear4bit.Int8Activations"/>): faster on AVX512-VNNI CPUs, approximate. The prompt's
-    /// prefill stays exact (it has more than 8 rows). Default off.
+    /// prefill stays exact (it has more than 8 rows). Default off. When on, <c>TextGenerator.Generate</c>
+    /// sets every layer's flag for the call and clears it afterwards.
     /// </summary>
     public bool Int8Activations { get; init; }
 
