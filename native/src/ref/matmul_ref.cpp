@@ -14,12 +14,15 @@ inline double load(const void * p, qlora_dtype dtype, int64_t i) {
     return dtype == QLORA_DTYPE_BF16 ? bf16_to_f32(static_cast<const uint16_t *>(p)[i])
                                      : static_cast<const float *>(p)[i];
 }
+// The 4-bit code of W's flat element i (the even element of a byte is its high nibble).
+inline uint8_t code_index(const qlora_q4_tensor & w, int64_t i) {
+    const uint8_t byte = w.packed[static_cast<size_t>(i / 2)];
+    return (i & 1) ? (byte & 0xf) : (byte >> 4);
+}
 // W[n, k] exactly as the dequantizer computes it: code[q] * scale in fp32.
 inline float weight(const qlora_q4_tensor & w, int64_t n, int64_t k) {
     const int64_t i = n * w.cols + k;
-    const uint8_t byte = w.packed[static_cast<size_t>(i / 2)];
-    const uint8_t q = (i & 1) ? (byte & 0xf) : (byte >> 4);
-    return w.code[q] * w.block_scale(i / w.blocksize);
+    return w.code[code_index(w, i)] * w.block_scale(i / w.blocksize);
 }
 
 inline void store(const MatmulArgs & a, int64_t yi, double acc) {
@@ -62,11 +65,8 @@ bool q4_matvec_int8(const MatmulArgs & a) {
             double acc = 0.0;
             for (int64_t c = 0; c < nblk; ++c) {
                 int64_t dot = 0;
-                for (int64_t k = 32 * c; k < 32 * c + 32; ++k) {
-                    const int64_t i = n * K + k;
-                    const uint8_t byte = w.packed[static_cast<size_t>(i / 2)];
-                    dot += qw[(i & 1) ? (byte & 0xf) : (byte >> 4)] * qx[static_cast<size_t>(m * K + k)];
-                }
+                for (int64_t k = 32 * c; k < 32 * c + 32; ++k)
+                    dot += qw[code_index(w, n * K + k)] * qx[static_cast<size_t>(m * K + k)];
                 const float s = w.block_scale((n * K + 32 * c) / w.blocksize) * xd[static_cast<size_t>(m * nblk + c)];
                 acc += static_cast<double>(s) * static_cast<double>(dot);
             }
