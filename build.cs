@@ -416,6 +416,15 @@ sealed class TestTally
     public int Passed, Failed, Skipped;
     public readonly List<string> Errors = [];
     readonly List<string> rows = [];
+    // "suite: test: first line of the message" for every failed test, printed with the breakdown so that the
+    // tail of a CI log names what failed (the runners' own reports scroll away above the later suites).
+    readonly List<string> failures = [];
+
+    static string FirstLine(string? text)
+    {
+        string line = (text ?? "").Trim().Split('\n')[0].Trim();
+        return line.Length > 300 ? line[..300] + "..." : line;
+    }
 
     public string SummaryLine => $"{Passed} passed, {Failed} failed" + (Skipped > 0 ? $", {Skipped} skipped" : "");
 
@@ -430,7 +439,13 @@ sealed class TestTally
         foreach (var tc in XDocument.Load(path).Descendants("testcase"))
         {
             string status = (string?)tc.Attribute("status") ?? "";
-            if (tc.Element("failure") is not null || tc.Element("error") is not null || status == "fail") f++;
+            var bad = tc.Element("failure") ?? tc.Element("error");
+            if (bad is not null || status == "fail")
+            {
+                f++;
+                string message = (string?)bad?.Attribute("message") ?? bad?.Value ?? (string?)tc.Element("system-out") ?? "";
+                failures.Add($"{label}: {(string?)tc.Attribute("name")}: {FirstLine(message)}");
+            }
             else if (tc.Element("skipped") is not null || status is "notrun" or "disabled") s++;
             else p++;
         }
@@ -453,6 +468,12 @@ sealed class TestTally
         }
         int C(string name) => int.TryParse((string?)counters.Attribute(name), out int v) ? v : 0;
         int failed = C("failed") + C("error") + C("timeout") + C("aborted");
+        foreach (var r in XDocument.Load(path).Descendants(ns + "UnitTestResult"))
+        {
+            if ((string?)r.Attribute("outcome") is "Passed" or "NotExecuted" or "Inconclusive" or null) continue;
+            string? message = r.Descendants(ns + "Message").FirstOrDefault()?.Value;
+            failures.Add($"{label}: {(string?)r.Attribute("testName")}: {FirstLine(message)}");
+        }
         Add(label, C("passed"), failed, C("notExecuted") + C("inconclusive"), exitCode);
     }
 
@@ -473,6 +494,12 @@ sealed class TestTally
         Engine.Info("test results:");
         foreach (var r in rows) Console.WriteLine(r);
         foreach (var e in Errors) Console.WriteLine($"  error: {e}");
+        if (failures.Count > 0)
+        {
+            Engine.Info($"failed tests ({failures.Count}):");
+            foreach (var f in failures.Take(40)) Console.WriteLine($"  {f}");
+            if (failures.Count > 40) Console.WriteLine($"  ... and {failures.Count - 40} more (see artifacts/test-results)");
+        }
     }
 }
 
