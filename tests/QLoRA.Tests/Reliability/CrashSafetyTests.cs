@@ -118,7 +118,17 @@ public class CrashSafetyTests
         public bool HasExited => _p.HasExited;
         public int ExitCode => _p.ExitCode;
 
-        public bool WaitForExit(int ms) => _p.WaitForExit(ms);
+        /// <summary>
+        /// Waits for the exit and then for the last output lines: WaitForExit(ms) returns at the exit, possibly
+        /// before the asynchronous readers have delivered the final lines (a CI run lost the "left:" listing so);
+        /// the parameterless overload waits for both streams to reach end of file.
+        /// </summary>
+        public bool WaitForExit(int ms)
+        {
+            if (!_p.WaitForExit(ms)) return false;
+            _p.WaitForExit();
+            return true;
+        }
 
         /// <summary>Waits for the <paramref name="n"/>-th checkpoint phase line (false: the process ended first).</summary>
         public bool WaitForMarker(int n, TimeSpan timeout)
