@@ -109,7 +109,7 @@ if [ "$run_tests" = 1 ]; then
   log "tests (ctest -j$(nproc))"
   timeout "${QLORA_TEST_TIMEOUT:-300}" ctest --test-dir "$bdir" -j"$(nproc)" --output-on-failure > "$logdir/tests.log" 2>&1
   trc=$?
-  tally=$(grep -E 'tests passed, [0-9]+ tests failed out of [0-9]+' "$logdir/tests.log" | tail -1)
+  tally=$(grep -E 'tests passed(, [0-9]+ tests failed)? out of [0-9]+' "$logdir/tests.log" | tail -1)  # CMake 4 omits ", 0 tests failed"
   skipped=$(grep -c '(Skipped)' "$logdir/tests.log" || true)
   cuda_total=$(grep -cE 'Test +#[0-9]+: (Cuda|CudaMatmul|CudaAdamw|CudaPager|CudaApi)\.' "$logdir/tests.log" || true)
   cuda_pass=$(grep -E 'Test +#[0-9]+: (Cuda|CudaMatmul|CudaAdamw|CudaPager|CudaApi)\.' "$logdir/tests.log" | grep -c ' Passed' || true)

@@ -577,7 +577,7 @@ TEST(CudaMatmul, EveryPathOnDeviceViewsMatchesTheOracle) {
     using qlora::cuda::MatmulPath;
     const qlora_dtype dts[] = {QLORA_DTYPE_F32, QLORA_DTYPE_BF16, QLORA_DTYPE_F16};
     const struct { int64_t M, N, K; } shapes[] = {{1, 40, 64}, {3, 33, 200}, {8, 70, 96}, {5, 17, 31}, {9, 45, 257},
-                                                   {70, 130, 320}, {33, 64, 8}};
+                                                   {70, 130, 320}, {33, 64, 8}, {2, 37, 4160}, {3, 600, 256}};
     uint32_t seed = 500;
     int i = 0;
     for (const auto & s : shapes)

@@ -140,6 +140,88 @@ gemv_fwd_kernel(MatmulDev a, Q4Dev w, Code16 code, Code256 ncode, int xvec) {
         }
 }
 
+constexpr int kWideRows = 4;    // rows of W per block (forward, K % 32 == 0)
+constexpr int kWideWarps = 4;   // warps per block; they split K
+constexpr int kWideStep = 1024; // k per warp step: 32 lanes x 32 weights (16 packed bytes each)
+
+// Forward, M <= MT <= 8, K % 32 == 0 (the usual case): block b owns rows
+// [4b, 4b + 4); its 4 warps take interleaved steps of 1024 k, each lane 32
+// consecutive k per step: one 16-byte load per row (a whole 32-element group
+// shares one block scale, blocksize >= 32), the x values of each 8-element
+// quarter loaded once for the 4 rows. So a warp has 2 KB of W in flight per
+// step and N / 4 x 4 warps cover the GPU (the narrow kernel above has 512 B per
+// warp and N / 4 warps). The warps' sums meet in shared memory in warp order:
+// deterministic.
+template <int MT, int XT, bool DQ>
+__global__ void __launch_bounds__(kWideWarps * 32)
+gemv_fwd_wide_kernel(MatmulDev a, Q4Dev w, Code16 code, Code256 ncode, int xvec) {
+    QLORA_LOAD_TABLES();
+    __shared__ float s_part[kWideWarps][kWideRows][MT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kWideRows;
+    const int rows = static_cast<int>(imin64(kWideRows, a.N - n0));
+    const int M = static_cast<int>(a.M);
+    const int64_t K = a.K;
+    float acc[kWideRows][MT];
+#pragma unroll
+    for (int r = 0; r < kWideRows; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+    for (int64_t k0 = static_cast<int64_t>(warp) * kWideStep + lane * 32; k0 < K; k0 += kWideWarps * kWideStep) {
+        uint32_t q[kWideRows][4];
+        float sc[kWideRows];
+#pragma unroll
+        for (int r = 0; r < kWideRows; ++r) {
+            if (r < rows) {
+                const int64_t i = (n0 + r) * K + k0;
+                const uint4 v = *reinterpret_cast<const uint4 *>(w.packed + (i >> 1));
+                q[r][0] = v.x, q[r][1] = v.y, q[r][2] = v.z, q[r][3] = v.w;
+                sc[r] = block_scale<DQ>(w, s_ncode, i >> w.log2b);
+            } else {
+                q[r][0] = q[r][1] = q[r][2] = q[r][3] = 0u;
+                sc[r] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            float xv[MT][8];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                if (m < M) load8<XT>(a.x, m * a.ldx + k0 + 8 * g, xvec != 0, xv[m]);
+                else
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) xv[m][j] = 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < kWideRows; ++r) {
+                float wv[8];
+                decode8(q[r][g], s_code, sc[r], wv);
+#pragma unroll
+                for (int m = 0; m < MT; ++m)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[r][m] = fmaf(xv[m][j], wv[j], acc[r][m]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < kWideRows; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            const float s = warp_sum(acc[r][m]);
+            if (lane == 0) s_part[warp][r][m] = s;
+        }
+    __syncthreads();
+    if (threadIdx.x < kWideRows * MT) {
+        const int r = static_cast<int>(threadIdx.x) / MT, m = static_cast<int>(threadIdx.x) % MT;
+        if (r < rows && m < M) {
+            float v = 0.0f;
+#pragma unroll
+            for (int k = 0; k < kWideWarps; ++k) v += s_part[k][r][m];
+            epilogue(a, m * a.ldy + n0 + r, v);
+        }
+    }
+}
+
 // Backward, M <= MT <= 8, K % 8 == 0: block (bx, s) owns columns
 // [256 bx, 256 bx + 256) of W and rows [s * rows_per_split, ...); its 8 warps
 // take interleaved rows, each lane 8 consecutive columns; the warps' sums meet
@@ -162,7 +244,34 @@ gemv_bwd_kernel(MatmulDev a, Q4Dev w, Code16 code, Code256 ncode, int64_t rows_p
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[m][j] = 0.0f;
     if (k0 < K) {
-        for (int64_t n = nb + warp; n < ne; n += kGemvBwdThreads / 32) {
+        // U rows per pass, their loads issued before any use (the same order of sums as one row at a time):
+        // one row per pass leaves a warp waiting a full memory latency per 128 bytes. Measured on an H200
+        // (docs/cuda.md): U = 8 gave +10..35 % at M = 1 and 4 but -10..20 % at M = 8 (64 accumulators per
+        // lane already), so M = 8 keeps one row per pass.
+        constexpr int WS = kGemvBwdThreads / 32, U = MT >= 8 ? 1 : 8;
+        int64_t n = nb + warp;
+        for (; n + (U - 1) * WS < ne; n += U * WS) {
+            uint32_t bytes[U];
+            float sc[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int64_t i = (n + u * WS) * K + k0;
+                bytes[u] = *reinterpret_cast<const uint32_t *>(w.packed + (i >> 1));
+                sc[u] = block_scale<DQ>(w, s_ncode, i >> w.log2b);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float wv[8];
+                decode8(bytes[u], s_code, sc[u], wv);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    const float xv = m < M ? load_elem<XT>(a.x, m * a.ldx + n + u * WS) : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[m][j] = fmaf(xv, wv[j], acc[m][j]);
+                }
+            }
+        }
+        for (; n < ne; n += WS) {
             const int64_t i = n * K + k0;
             const uint32_t bytes = *reinterpret_cast<const uint32_t *>(w.packed + (i >> 1));
             float wv[8];
@@ -321,6 +430,11 @@ void gemv_t(const MatmulDev & a, const Q4Dev & w, const Code16 & code, const Cod
     if (a.op == QLORA_MATMUL_FORWARD) {
         const size_t es = XT == QLORA_DTYPE_F32 ? 4 : 2;
         const int xvec = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && (a.ldx * static_cast<int64_t>(es)) % 16 == 0;
+        if (a.K % 32 == 0 && reinterpret_cast<uintptr_t>(w.packed) % 16 == 0) {
+            QLORA_LAUNCH(static_cast<unsigned>(ceil_div(a.N, kWideRows)), kWideWarps * 32, s,
+                         gemv_fwd_wide_kernel<MT, XT, DQ>)(a, w, code, ncode, xvec);
+            return;
+        }
         const int64_t rows_per_block = (kGemvFwdThreads / 32) * kGemvRows;
         QLORA_LAUNCH(static_cast<unsigned>(ceil_div(a.N, rows_per_block)), kGemvFwdThreads, s,
                      gemv_fwd_kernel<MT, XT, DQ>)(a, w, code, ncode, xvec);
