@@ -302,9 +302,9 @@ public class CliTests
         using (var p = new QloraProcess(["finetune", "--out", stopped, .. Tiny, "--steps", "200", "--json"]))
         {
             p.WaitForStderr(l => l.StartsWith("step 2/200", StringComparison.Ordinal), TimeSpan.FromSeconds(120));
-            p.Interrupt();
+            string sent = p.Interrupt();
             var r = p.Finish(TimeSpan.FromSeconds(60));
-            Assert.That(r.ExitCode, Is.EqualTo(130), r.ToString());
+            Assert.That(r.ExitCode, Is.EqualTo(130), $"{sent}; {r}");
             var j = r.Json;
             Assert.That(j["stopped"]!.GetValue<bool>(), Is.True);
             stopStep = (int)j["steps"]!.GetValue<long>();

@@ -113,11 +113,30 @@ internal sealed class QloraProcess : IDisposable
     [DllImport("libc", SetLastError = true, EntryPoint = "kill")]
     private static extern int SysKill(int pid, int sig);
 
-    /// <summary>Sends SIGINT, as Ctrl-C in a terminal does.</summary>
-    public void Interrupt()
+    /// <summary>
+    /// Sends SIGINT, as Ctrl-C in a terminal does, and returns what it did (for failure messages). Where the child
+    /// ignores SIGINT at the OS level (SIG_IGN inherited: a background job of a non-interactive shell gets it, and
+    /// .NET then installs no handler for SIGINT, so no Ctrl-C can reach the tool), sends SIGTERM instead, which the
+    /// tool handles the same way (StopSignal).
+    /// </summary>
+    public string Interrupt()
     {
-        const int SIGINT = 2;
-        Assert.That(SysKill(_p.Id, SIGINT), Is.EqualTo(0), "kill(SIGINT)");
+        const int SIGINT = 2, SIGTERM = 15;
+        ulong ignored = IgnoredSignals(_p.Id);
+        int sig = (ignored & (1UL << (SIGINT - 1))) != 0 ? SIGTERM : SIGINT;
+        string note = $"sent signal {sig} to pid {_p.Id} (its SigIgn mask: {ignored:x})";
+        TestContext.Out.WriteLine(note);
+        Assert.That(SysKill(_p.Id, sig), Is.EqualTo(0), $"kill({sig})");
+        return note;
+    }
+
+    // The SigIgn mask of a process (bit n - 1: signal n); 0 where there is no /proc.
+    private static ulong IgnoredSignals(int pid)
+    {
+        string path = $"/proc/{pid}/status";
+        if (!File.Exists(path)) return 0;
+        string? line = File.ReadLines(path).FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+        return line is null ? 0 : Convert.ToUInt64(line["SigIgn:".Length..].Trim(), 16);
     }
 
     private void Kill()
