@@ -9,7 +9,8 @@
 //    >= 0.7x), over a ring of weight copies several times the L2 size.
 // Shapes: LLaMA-7B layers, (K, N) = (4096, 4096), (4096, 11008), (11008, 4096).
 //
-//   qlora_bench_cuda [--min-time S] [--quick]
+//   qlora_bench_cuda [--min-time S] [--quick] [--ms 1,4,...] [--no-dequant]
+// (--ms: only these M in the matmul table; --no-dequant: skip the dequantize table)
 // Lines starting with "SUMMARY" carry the headline figures (scripts/gpu-check.sh
 // collects them).
 #include "qlora.h"
@@ -160,12 +161,25 @@ void summary(const std::string & what, double value, const char * unit, double b
 } // namespace
 
 int main(int argc, char ** argv) {
-    bool quick = false;
+    bool quick = false, dequant = true;
+    std::vector<int64_t> only_ms;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--min-time") && i + 1 < argc) g_min_time = std::atof(argv[++i]);
         else if (!std::strcmp(argv[i], "--quick")) quick = true;
-        else {
-            std::fprintf(stderr, "usage: %s [--min-time SECONDS] [--quick]\n", argv[0]);
+        else if (!std::strcmp(argv[i], "--no-dequant")) dequant = false;
+        else if (!std::strcmp(argv[i], "--ms") && i + 1 < argc) {
+            for (char * p = argv[++i]; *p;) {
+                char * end = nullptr;
+                const long long m = std::strtoll(p, &end, 10);
+                if (end == p || m < 1) {
+                    std::fprintf(stderr, "--ms takes a comma-separated list of positive integers, got '%s'\n", argv[i]);
+                    return 2;
+                }
+                only_ms.push_back(m);
+                p = *end == ',' ? end + 1 : end;
+            }
+        } else {
+            std::fprintf(stderr, "usage: %s [--min-time SECONDS] [--quick] [--ms 1,4,...] [--no-dequant]\n", argv[0]);
             return 2;
         }
     }
@@ -190,28 +204,30 @@ int main(int argc, char ** argv) {
     const int64_t ring_bytes = quick ? (int64_t(8) << 20) : std::max<int64_t>(4 * st.l2_bytes, int64_t(256) << 20);
 
     // ---- dequantize vs copy -------------------------------------------------------------
-    std::printf("## Dequantize (NF4 + double quant, blocksize 64) vs a device-to-device copy of the output\n\n");
-    std::printf("GB/s = (bytes read + bytes written) / time; the copy reads and writes the output's size.\n\n");
-    std::printf("|     K |     N | out  | dequant GB/s | copy GB/s | ratio |\n|------:|------:|------|-------------:|----------:|------:|\n");
-    for (const Shape & s : shapes) {
-        Q4 w = random_weight(ctx.get(), s.N, s.K, 1);
-        const int64_t n = s.N * s.K, sb = storage_bytes(w.get());
-        for (qlora_dtype dt : {QLORA_DTYPE_BF16, QLORA_DTYPE_F32}) {
-            const size_t out_bytes = static_cast<size_t>(n) * qlora_dtype_size(dt);
-            Dev out(out_bytes), copy_src(out_bytes);
-            qlora_view ov = dview(out.p, dt, s.N, s.K);
-            auto [td, tc] = time_pair([&] { QK(qlora_q4_dequantize(ctx.get(), w.get(), &ov)); },
-                                      [&] { CK(cudaMemcpyAsync(out.p, copy_src.p, out_bytes, cudaMemcpyDeviceToDevice, 0)); });
-            const double dq_gbs = static_cast<double>(sb + static_cast<int64_t>(out_bytes)) / td / 1e9;
-            const double cp_gbs = 2.0 * static_cast<double>(out_bytes) / tc / 1e9;
-            const char * dn = dt == QLORA_DTYPE_BF16 ? "bf16" : "f32";
-            std::printf("| %5lld | %5lld | %-4s | %12.1f | %9.1f | %5.2f |\n", static_cast<long long>(s.K),
-                        static_cast<long long>(s.N), dn, dq_gbs, cp_gbs, dq_gbs / cp_gbs);
-            summary("dequantize->" + std::string(dn) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N), dq_gbs,
-                    "GB/s", cp_gbs, "copy", 0.8);
+    if (dequant) {
+        std::printf("## Dequantize (NF4 + double quant, blocksize 64) vs a device-to-device copy of the output\n\n");
+        std::printf("GB/s = (bytes read + bytes written) / time; the copy reads and writes the output's size.\n\n");
+        std::printf("|     K |     N | out  | dequant GB/s | copy GB/s | ratio |\n|------:|------:|------|-------------:|----------:|------:|\n");
+        for (const Shape & s : shapes) {
+            Q4 w = random_weight(ctx.get(), s.N, s.K, 1);
+            const int64_t n = s.N * s.K, sb = storage_bytes(w.get());
+            for (qlora_dtype dt : {QLORA_DTYPE_BF16, QLORA_DTYPE_F32}) {
+                const size_t out_bytes = static_cast<size_t>(n) * qlora_dtype_size(dt);
+                Dev out(out_bytes), copy_src(out_bytes);
+                qlora_view ov = dview(out.p, dt, s.N, s.K);
+                auto [td, tc] = time_pair([&] { QK(qlora_q4_dequantize(ctx.get(), w.get(), &ov)); },
+                                          [&] { CK(cudaMemcpyAsync(out.p, copy_src.p, out_bytes, cudaMemcpyDeviceToDevice, 0)); });
+                const double dq_gbs = static_cast<double>(sb + static_cast<int64_t>(out_bytes)) / td / 1e9;
+                const double cp_gbs = 2.0 * static_cast<double>(out_bytes) / tc / 1e9;
+                const char * dn = dt == QLORA_DTYPE_BF16 ? "bf16" : "f32";
+                std::printf("| %5lld | %5lld | %-4s | %12.1f | %9.1f | %5.2f |\n", static_cast<long long>(s.K),
+                            static_cast<long long>(s.N), dn, dq_gbs, cp_gbs, dq_gbs / cp_gbs);
+                summary("dequantize->" + std::string(dn) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N), dq_gbs,
+                        "GB/s", cp_gbs, "copy", 0.8);
+            }
         }
+        std::printf("\n");
     }
-    std::printf("\n");
 
     // ---- copy bandwidth for the gemv ratio ---------------------------------------------------
     const size_t big = static_cast<size_t>(ring_bytes);
@@ -233,7 +249,9 @@ int main(int argc, char ** argv) {
                 "(beyond L2), vs the copy bandwidth %.1f GB/s.\n\n", static_cast<long long>(ring_bytes >> 20), copy_gbs);
     std::printf("| op  |     K |     N |   M | path   | ours TFLOP/s | dense TFLOP/s | ratio | weight GB/s | vs copy |\n");
     std::printf("|-----|------:|------:|----:|--------|-------------:|--------------:|------:|------------:|--------:|\n");
-    const std::vector<int64_t> Ms = quick ? std::vector<int64_t>{1, 16, 64} : std::vector<int64_t>{1, 4, 8, 16, 64, 512};
+    const std::vector<int64_t> Ms = !only_ms.empty() ? only_ms
+                                    : quick           ? std::vector<int64_t>{1, 16, 64}
+                                                      : std::vector<int64_t>{1, 4, 8, 16, 64, 512};
     for (const Shape & s : shapes) {
         const int64_t sb = [&] {
             Q4 t = random_weight(ctx.get(), s.N, s.K, 7);
