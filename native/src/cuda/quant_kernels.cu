@@ -87,18 +87,53 @@ q8_dequantize_kernel(const uint8_t * __restrict__ q, const float * __restrict__ 
         store_elem<DT>(out, i, s_code[q[i]] * absmax[i >> log2bs]);
 }
 
-// Units of 16 output bytes (4 fp32 or 8 16-bit elements; 2 or 4 packed
-// bytes in), unit u of the call at out + 16 u: consecutive lanes write
-// consecutive 16 bytes, so each warp store fills whole 512-byte spans (a
-// thread writing 64 contiguous bytes instead made every warp store touch 32
-// lines: 0.4x the copy rate to fp32 on an H200). Each thread loads its U units
-// (bytes and block scale) before decoding any. Needs e0 % 16 == 0 (a unit
-// never straddles a block: blocksize >= 32) and `out` 16-byte aligned.
+// 16-bit outputs: 16 elements per thread, 8 packed bytes in, 32 bytes out
+// with two 16-byte stores. (The unit layout below, 8 elements per thread here,
+// was slower to bf16 on an H200: 0.55-0.61x the copy rate against this
+// kernel's 0.62-0.75x.) Needs e0 % 16 == 0 (a group never straddles a block:
+// blocksize >= 32) and `out` 16-byte aligned.
 template <int DT, bool DQ>
 __global__ void __launch_bounds__(kThreads)
-q4_dequantize_vec_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_t units, void * __restrict__ out) {
-    constexpr int E = DT == QLORA_DTYPE_F32 ? 4 : 8; // elements per unit
-    constexpr int U = 4;                             // units per thread per pass
+q4_dequantize_vec16_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_t groups, void * __restrict__ out) {
+    __shared__ float s_code[16];
+    __shared__ float s_ncode[256];
+    if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];
+    if constexpr (DQ)
+        for (int i = threadIdx.x; i < 256; i += kThreads) s_ncode[i] = ncode.v[i];
+    __syncthreads();
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+    for (int64_t g = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
+        const int64_t i = e0 + g * 16;
+        const uint2 bytes = *reinterpret_cast<const uint2 *>(w.packed + i / 2);
+        const float scale = block_scale<DQ>(w, s_ncode, i >> w.log2b);
+        float v[16];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const uint32_t byte = ((j < 4 ? bytes.x : bytes.y) >> (8 * (j & 3))) & 0xffu;
+            v[2 * j] = s_code[byte >> 4] * scale;
+            v[2 * j + 1] = s_code[byte & 0xfu] * scale;
+        }
+        uint32_t h[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            h[j] = static_cast<uint32_t>(to_16<DT>(v[2 * j])) | (static_cast<uint32_t>(to_16<DT>(v[2 * j + 1])) << 16);
+        uint4 * o = reinterpret_cast<uint4 *>(static_cast<uint16_t *>(out) + g * 16);
+        o[0] = make_uint4(h[0], h[1], h[2], h[3]);
+        o[1] = make_uint4(h[4], h[5], h[6], h[7]);
+    }
+}
+
+// fp32 outputs: units of 4 elements (2 packed bytes in, one 16-byte store
+// out), unit u of the call at out + 16 u: consecutive lanes write consecutive
+// 16 bytes, so each warp store fills whole 512-byte spans (16 elements per
+// thread, 64 contiguous bytes each, made every warp store touch 32 lines: 0.39-
+// 0.40x the copy rate on an H200; this kernel 0.71-0.81x). Each thread loads
+// its U units (bytes and block scale) before decoding any. Needs e0 % 16 == 0
+// and `out` 16-byte aligned.
+template <bool DQ>
+__global__ void __launch_bounds__(kThreads)
+q4_dequantize_f32_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_t units, float * __restrict__ out) {
+    constexpr int U = 4; // units per thread per pass
     __shared__ float s_code[16];
     __shared__ float s_ncode[256];
     if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];
@@ -115,9 +150,8 @@ q4_dequantize_vec_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_
             bits[k] = 0u;
             sc[k] = 0.0f;
             if (u < units) {
-                const int64_t i = e0 + u * E;
-                if constexpr (E == 4) bits[k] = *reinterpret_cast<const uint16_t *>(w.packed + i / 2);
-                else bits[k] = *reinterpret_cast<const uint32_t *>(w.packed + i / 2);
+                const int64_t i = e0 + u * 4;
+                bits[k] = *reinterpret_cast<const uint16_t *>(w.packed + i / 2);
                 sc[k] = block_scale<DQ>(w, s_ncode, i >> w.log2b);
             }
         }
@@ -125,22 +159,9 @@ q4_dequantize_vec_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_
         for (int k = 0; k < U; ++k) {
             const int64_t u = u0 + k * stride;
             if (u >= units) break;
-            float v[E];
-#pragma unroll
-            for (int j = 0; j < E / 2; ++j) {
-                const uint32_t byte = (bits[k] >> (8 * j)) & 0xffu;
-                v[2 * j] = s_code[byte >> 4] * sc[k];
-                v[2 * j + 1] = s_code[byte & 0xfu] * sc[k];
-            }
-            if constexpr (DT == QLORA_DTYPE_F32) {
-                reinterpret_cast<float4 *>(out)[u] = make_float4(v[0], v[1], v[2], v[3]);
-            } else {
-                uint32_t h[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    h[j] = static_cast<uint32_t>(to_16<DT>(v[2 * j])) | (static_cast<uint32_t>(to_16<DT>(v[2 * j + 1])) << 16);
-                reinterpret_cast<uint4 *>(out)[u] = make_uint4(h[0], h[1], h[2], h[3]);
-            }
+            const uint32_t b0 = bits[k] & 0xffu, b1 = bits[k] >> 8;
+            reinterpret_cast<float4 *>(out)[u] = make_float4(s_code[b0 >> 4] * sc[k], s_code[b0 & 0xfu] * sc[k],
+                                                             s_code[b1 >> 4] * sc[k], s_code[b1 & 0xfu] * sc[k]);
         }
     }
 }
@@ -195,12 +216,20 @@ template <int DT, bool DQ>
 void q4_dequantize_t(const Q4Dev & w, const Code16 & code, const Code256 & ncode, int64_t e0, int64_t count, void * out,
                      int sms, cudaStream_t s) {
     const bool vec = e0 % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-    constexpr int64_t E = DT == QLORA_DTYPE_F32 ? 4 : 8; // elements per 16-byte unit
-    const int64_t units = vec ? count / E : 0;
-    if (units > 0)
-        QLORA_LAUNCH(grid_for(units, kThreads, sms), kThreads, s, q4_dequantize_vec_kernel<DT, DQ>)(w, code, ncode, e0,
-                                                                                                    units, out);
-    const int64_t done = units * E;
+    int64_t done = 0;
+    if constexpr (DT == QLORA_DTYPE_F32) {
+        const int64_t units = vec ? count / 4 : 0;
+        if (units > 0)
+            QLORA_LAUNCH(grid_for(units, kThreads, sms), kThreads, s, q4_dequantize_f32_kernel<DQ>)(
+                w, code, ncode, e0, units, static_cast<float *>(out));
+        done = units * 4;
+    } else {
+        const int64_t groups = vec ? count / 16 : 0;
+        if (groups > 0)
+            QLORA_LAUNCH(grid_for(groups, kThreads, sms), kThreads, s, q4_dequantize_vec16_kernel<DT, DQ>)(
+                w, code, ncode, e0, groups, out);
+        done = groups * 16;
+    }
     if (done < count) {
         void * tail = static_cast<uint8_t *>(out) + done * (DT == QLORA_DTYPE_F32 ? 4 : 2);
         QLORA_LAUNCH(grid_for(count - done, kThreads, sms), kThreads, s, q4_dequantize_scalar_kernel<DT, DQ>)(
