@@ -239,4 +239,15 @@ __device__ __forceinline__ float block_scale(const W & w, const float * ncode, i
     }
 }
 
+// A 4-bit kernel's tables in shared memory: s_code (the 16 codes) and, with
+// double quantization (template parameter DQ), s_ncode (the nested 8-bit map),
+// from the Code16 `code` and Code256 `ncode` parameters. Declares both arrays.
+#define QLORA_LOAD_TABLES()                                                              \
+    __shared__ float s_code[16];                                                         \
+    __shared__ float s_ncode[256];                                                       \
+    if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];                     \
+    if constexpr (DQ)                                                                    \
+        for (int i_ = threadIdx.x; i_ < 256; i_ += blockDim.x) s_ncode[i_] = ncode.v[i_]; \
+    __syncthreads()
+
 } // namespace qlora::cuda

@@ -78,14 +78,6 @@ __device__ __forceinline__ void decode8(uint32_t bytes, const float * code, floa
     }
 }
 
-#define QLORA_LOAD_TABLES()                                                              \
-    __shared__ float s_code[16];                                                         \
-    __shared__ float s_ncode[256];                                                       \
-    if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];                     \
-    if constexpr (DQ)                                                                    \
-        for (int i_ = threadIdx.x; i_ < 256; i_ += blockDim.x) s_ncode[i_] = ncode.v[i_]; \
-    __syncthreads()
-
 constexpr int kGemvRows = 4;       // rows of W per warp (forward)
 constexpr int kGemvFwdThreads = 128;
 constexpr int kGemvBwdThreads = 256;

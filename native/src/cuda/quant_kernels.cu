@@ -95,12 +95,7 @@ q8_dequantize_kernel(const uint8_t * __restrict__ q, const float * __restrict__ 
 template <int DT, bool DQ>
 __global__ void __launch_bounds__(kThreads)
 q4_dequantize_vec16_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_t groups, void * __restrict__ out) {
-    __shared__ float s_code[16];
-    __shared__ float s_ncode[256];
-    if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];
-    if constexpr (DQ)
-        for (int i = threadIdx.x; i < 256; i += kThreads) s_ncode[i] = ncode.v[i];
-    __syncthreads();
+    QLORA_LOAD_TABLES();
     const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
     for (int64_t g = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; g < groups; g += stride) {
         const int64_t i = e0 + g * 16;
@@ -134,12 +129,7 @@ template <bool DQ>
 __global__ void __launch_bounds__(kThreads)
 q4_dequantize_f32_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_t units, float * __restrict__ out) {
     constexpr int U = 4; // units per thread per pass
-    __shared__ float s_code[16];
-    __shared__ float s_ncode[256];
-    if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];
-    if constexpr (DQ)
-        for (int i = threadIdx.x; i < 256; i += kThreads) s_ncode[i] = ncode.v[i];
-    __syncthreads();
+    QLORA_LOAD_TABLES();
     const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
     for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; u0 < units; u0 += U * stride) {
         uint32_t bits[U];
@@ -170,12 +160,7 @@ q4_dequantize_f32_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_
 template <int DT, bool DQ>
 __global__ void __launch_bounds__(kThreads)
 q4_dequantize_scalar_kernel(Q4Dev w, Code16 code, Code256 ncode, int64_t e0, int64_t count, void * __restrict__ out) {
-    __shared__ float s_code[16];
-    __shared__ float s_ncode[256];
-    if (threadIdx.x < 16) s_code[threadIdx.x] = code.v[threadIdx.x];
-    if constexpr (DQ)
-        for (int i = threadIdx.x; i < 256; i += kThreads) s_ncode[i] = ncode.v[i];
-    __syncthreads();
+    QLORA_LOAD_TABLES();
     const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
     for (int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; j < count; j += stride) {
         const int64_t i = e0 + j;
