@@ -36,7 +36,7 @@ public class PeftInteropBundle
         // B = 0 as injected: the "merge" is the base model itself, written in Hugging Face layout.
         AdapterMerge.Write(lora, Path.Combine(outDir!, "base"), MergedFormat.Fp32);
 
-        var ids = tensor(new long[] { 1, 72, 101, 108, 108, 111, 35, 119, 111, 114, 108, 100, 4, 200, 17, 3,
+        using var ids = tensor(new long[] { 1, 72, 101, 108, 108, 111, 35, 119, 111, 114, 108, 100, 4, 200, 17, 3,
                                       1, 30, 31, 32, 33, 250, 251, 252, 253, 90, 91, 92, 93, 94, 95, 96 }, [2, 16]);
         using Tensor baseLogits = Logits(model, ids);
 
@@ -60,6 +60,7 @@ public class PeftInteropBundle
     private static Tensor Logits(LlamaForCausalLM model, Tensor ids)
     {
         using var _ = no_grad();
-        return model.call(ids).detach().to(ScalarType.Float32).contiguous();
+        using var scope = NewDisposeScope();
+        return model.call(ids).to(ScalarType.Float32).contiguous().MoveToOuterDisposeScope();
     }
 }
