@@ -112,6 +112,9 @@ sealed class Build
             string[] common = ["-c", Configuration, "-o", PackagesDir, "-nologo", "-v", "minimal", $"-p:Version={PackageVersion}"];
             foreach (string project in new[] { "bindings/QLoRA.Native/QLoRA.Native.csproj", "managed/QLoRA/QLoRA.csproj", "managed/QLoRA.Cli/QLoRA.Cli.csproj" })
                 Run("dotnet", ["pack", project, "--no-build", .. common]);
+            // The tool's pack publishes it (libtorch included, ~650 MB) only to zip it: drop that copy.
+            string toolPublish = Path.Combine(Artifacts, "publish", "QLoRA.Cli");
+            if (Directory.Exists(toolPublish)) Directory.Delete(toolPublish, true);
             // One runtime package per native build that exists.
             var runtimes = new List<(string Rid, bool Cuda)> { (Rid, false) };
             if (Cuda) runtimes.Add((Rid, true));
