@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -321,6 +322,85 @@ INSTANTIATE_TEST_SUITE_P(All, Q4Backends,
                          ::testing::Combine(::testing::Values(QLORA_QUANT_NF4, QLORA_QUANT_FP4, QLORA_QUANT_INT4),
                                             ::testing::Values(32, 64, 256, 4096), ::testing::Values(0, 1),
                                             ::testing::Values(QLORA_DTYPE_F32, QLORA_DTYPE_F16, QLORA_DTYPE_BF16)));
+
+// Double-quantized scales decode every entry of the 8-bit map exactly: a
+// random map (random mantissas and signs, exponents from 2^-6 to 2^6) addressed by every byte
+// value in a shuffled order, nested blocks of 32 starting inside a vector,
+// dequantized bit for bit as REF on every backend, and the forward matvec
+// (exact and int8_x) within fp32 summation error of a float64 product with
+// REF's dequantized W.
+TEST(Q4, EveryNestedMapEntryDecodesExactly) {
+    const int64_t rows = 19, cols = 32 * 36; // 684 blocks of 32: 22 nested blocks, the last partial
+    const int64_t numel = rows * cols, nb = numel / 32, nnb = (nb + 31) / 32;
+    std::mt19937 rng(4242);
+    std::vector<uint8_t> packed(static_cast<size_t>(numel / 2)), qabsmax(static_cast<size_t>(nb));
+    for (auto & b : packed) b = static_cast<uint8_t>(rng());
+    std::vector<uint8_t> order(256);
+    for (int i = 0; i < 256; ++i) order[static_cast<size_t>(i)] = static_cast<uint8_t>(i);
+    for (int64_t b = 0; b < nb; b += 256) {
+        std::shuffle(order.begin(), order.end(), rng);
+        for (int64_t i = b; i < std::min(nb, b + 256); ++i) qabsmax[static_cast<size_t>(i)] = order[static_cast<size_t>(i - b)];
+    }
+    std::vector<float> nested_code(256), nested_absmax(static_cast<size_t>(nnb)), code(16);
+    std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+    for (auto & c : nested_code)
+        c = std::ldexp(mant(rng), static_cast<int>(rng() % 13) - 6) * ((rng() & 1) ? -1.0f : 1.0f);
+    for (auto & a : nested_absmax) a = std::ldexp(mant(rng), -8);
+    ASSERT_EQ(qlora_q4_code_table(QLORA_QUANT_NF4, code.data()), QLORA_OK);
+    qlora_q4_parts parts{};
+    parts.packed = packed.data();
+    parts.qabsmax = qabsmax.data();
+    parts.nested_absmax = nested_absmax.data();
+    parts.code = code.data();
+    parts.nested_code = nested_code.data();
+    parts.nested_offset = 0.375f;
+    qlora_quant_params p = qlora_quant_default_params();
+    p.blocksize = 32;
+    p.nested_blocksize = 32;
+    auto ref_ctx = make_context(QLORA_BACKEND_REF);
+    const std::vector<float> ref_w = [&] {
+        qlora_q4_tensor_t t = nullptr;
+        EXPECT_EQ(qlora_q4_from_parts(ref_ctx.get(), rows, cols, &p, QLORA_DTYPE_F32, &parts, &t), QLORA_OK);
+        Q4 q(t);
+        return dequantize(ref_ctx.get(), q.get(), rows, cols);
+    }();
+    // the decoded scales are the map's values: a spot check of the oracle itself
+    for (int64_t b : {int64_t{0}, nb / 2, nb - 1}) {
+        const float s = nested_code[qabsmax[static_cast<size_t>(b)]] * nested_absmax[static_cast<size_t>(b / 32)] + 0.375f;
+        const uint8_t byte = packed[static_cast<size_t>(b * 16)];
+        EXPECT_EQ(ref_w[static_cast<size_t>(b * 32)], code[byte >> 4] * s) << "block " << b;
+    }
+    const auto x = random_values(static_cast<size_t>(cols), Dist::Normal, 77);
+    std::vector<double> want(static_cast<size_t>(rows)), magn(static_cast<size_t>(rows));
+    for (int64_t n = 0; n < rows; ++n)
+        for (int64_t k = 0; k < cols; ++k) {
+            const double w = ref_w[static_cast<size_t>(n * cols + k)], xv = x[static_cast<size_t>(k)];
+            want[static_cast<size_t>(n)] += w * xv;
+            magn[static_cast<size_t>(n)] += std::fabs(w * xv);
+        }
+    for (const auto & bc : available_backends()) {
+        SCOPED_TRACE(bc.name);
+        auto ctx = make_context(bc.backend, bc.isa, bc.threads);
+        qlora_q4_tensor_t t = nullptr;
+        ASSERT_EQ(qlora_q4_from_parts(ctx.get(), rows, cols, &p, QLORA_DTYPE_F32, &parts, &t), QLORA_OK) << qlora_last_error();
+        Q4 q(t);
+        EXPECT_EQ(dequantize(ctx.get(), q.get(), rows, cols), ref_w);
+        for (int int8 : {0, 1}) {
+            std::vector<float> y(static_cast<size_t>(rows));
+            qlora_view xv = view_of(const_cast<float *>(x.data()), QLORA_DTYPE_F32, 1, cols);
+            qlora_view yv = view_of(y.data(), QLORA_DTYPE_F32, 1, rows);
+            qlora_matmul_params mp = qlora_matmul_default_params();
+            mp.int8_x = int8;
+            ASSERT_EQ(qlora_q4_matmul(ctx.get(), &xv, q.get(), &yv, &mp), QLORA_OK) << qlora_last_error();
+            // int8_x rounds x and the code table to 8 bits (error well under 2 %
+            // of sum |w x| here); exact: fp32 summation over 1152 products
+            const double tol = int8 ? 0.02 : 1e-5;
+            for (int64_t n = 0; n < rows; ++n)
+                EXPECT_NEAR(y[static_cast<size_t>(n)], want[static_cast<size_t>(n)], tol * magn[static_cast<size_t>(n)])
+                    << "row " << n << (int8 ? " (int8_x)" : "");
+        }
+    }
+}
 
 TEST(Q4, PartsRoundTrip) {
     auto ctx = make_context(QLORA_BACKEND_CPU);

@@ -11,6 +11,7 @@
 // of W) decode a transposed view instead: see decode_rows_transposed.
 #define QLORA_MM_NS avx512
 #include "cpu/matmul_impl.hpp"
+#include "cpu/dq_lookup_avx512.hpp"
 #include "cpu/matmul_cpu.hpp"
 
 // GCC 12 reports its own _mm512_undefined_* helpers (used inside the
@@ -57,32 +58,39 @@ inline void transpose16(__m512 r[16]) {
 
 // ---------------------------------------------------------------------------
 // Block scales, vectorized: bs[j] = scale of block b0 + j, j < nblk (a
-// multiple of 16 is written; the lanes past nblk are 0). Decoded 16 at a time:
-// qabsmax bytes widened, the 8-bit map looked up with a gather, the nested
-// absmax - at most two values among 16 consecutive blocks, as the nested block
-// is >= 32 - blended in, then mul and add as block_scale does. The scalar
-// version costs ~15 cycles per block here (a chain of dependent loads per
-// block).
-inline void block_scales16(const WView & w, int64_t b0, int nblk, float * bs) {
-    for (int j = 0; j < nblk; j += 16) {
-        const int n = std::min(16, nblk - j);
-        const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
-        const int64_t b = b0 + j;
-        if (!w.dq) {
-            _mm512_storeu_ps(bs + j, _mm512_maskz_loadu_ps(m, w.absmax + b));
-            continue;
+// multiple of 16 is written; the lanes past nblk are 0). With DQ, 32 at a
+// time: the 8-bit map looked up without a gather (NestedCodeLookup), the
+// nested absmax - at most two values among 16 consecutive blocks, as the
+// nested block is >= 32 - blended in, then mul and add as block_scale does.
+inline void block_scales16(const WView & w, const NestedCodeLookup & lut, int64_t b0, int nblk, float * bs) {
+    if (!w.dq) {
+        for (int j = 0; j < nblk; j += 16) {
+            const __mmask16 m = static_cast<__mmask16>((1u << std::min(16, nblk - j)) - 1u);
+            _mm512_storeu_ps(bs + j, _mm512_maskz_loadu_ps(m, w.absmax + b0 + j));
         }
-        const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, w.qabsmax + b));
-        const __m512 code = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, w.nested_code, 4);
-        const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
-        __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
-        if (nhi != nlo) { // lanes from the first block of the next nested block on
-            const int split = static_cast<int>((nhi << w.log2nb) - b);
-            na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
-                                      _mm512_set1_ps(w.nested_absmax[nhi]));
-        }
-        _mm512_storeu_ps(bs + j, _mm512_maskz_add_ps(m, _mm512_mul_ps(code, na), _mm512_set1_ps(w.offset)));
+        return;
     }
+    for (int j = 0; j < nblk; j += 32) {
+        __m512 code[2];
+        lut.lookup32(w.qabsmax + b0 + j, std::min(32, nblk - j), code[0], code[1]);
+        for (int h = 0; h < 2 && j + 16 * h < nblk; ++h) {
+            const int n = std::min(16, nblk - j - 16 * h);
+            const int64_t b = b0 + j + 16 * h;
+            const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
+            __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
+            if (nhi != nlo) { // lanes from the first block of the next nested block on
+                const int split = static_cast<int>((nhi << w.log2nb) - b);
+                na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
+                                          _mm512_set1_ps(w.nested_absmax[nhi]));
+            }
+            _mm512_storeu_ps(bs + j + 16 * h, _mm512_maskz_add_ps(static_cast<__mmask16>((1u << n) - 1u),
+                                                                  _mm512_mul_ps(code[h], na), _mm512_set1_ps(w.offset)));
+        }
+    }
+}
+
+inline void block_scales16(const WView & w, int64_t b0, int nblk, float * bs) {
+    block_scales16(w, NestedCodeLookup(w.nested_words), b0, nblk, bs);
 }
 
 // Chunk scales: out[c] = scale of the 32-element chunk at g0 + 32 c,
@@ -359,8 +367,28 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
 // a time sharing each x load, with the next group of rows prefetched).
 constexpr int kInt8Prefetch = 4096;
 
+// Row n's block scales from its first block (n K) >> log2b on: the fp32
+// absmax itself without DQ, else decoded into buf (int8_row_blocks(K) + 16
+// floats; lanes past the row's blocks are 0, as the last quad's 16-byte load
+// may read past them).
+inline int64_t int8_row_blocks(const WView & w, int64_t n) {
+    return ((n * w.K + w.K - 1) >> w.log2b) - ((n * w.K) >> w.log2b) + 1;
+}
+inline const float * int8_row_scales(const WView & w, const NestedCodeLookup & lut, int64_t n, float * buf) {
+    const int64_t b0 = (n * w.K) >> w.log2b;
+    if (!w.dq) return w.absmax + b0;
+    const int nblk = static_cast<int>(int8_row_blocks(w, n));
+    block_scales16(w, lut, b0, nblk, buf);
+    _mm512_storeu_ps(buf + ((nblk + 15) & ~15), _mm512_setzero_ps());
+    return buf;
+}
+
+// One row of the int8 matvec; rs = its block scales (int8_row_scales). The
+// caller decodes them a row ahead: read back right after they are stored, the
+// scales stalled the loop (store-to-load forwarding) by about 6 %.
 template <int MR>
-void mv_int8_row(const MatmulArgs & a, const WView & win, const uint8_t * xq, __m512i table, int64_t n) {
+void mv_int8_row(const MatmulArgs & a, const WView & win, const float * rs, const uint8_t * xq, __m512i table,
+                 int64_t n) {
     const WView w = win;
     const int64_t K = a.K, nch = K / 32, xstride = K / 128 * kInt8QuadBytes;
     const int sh = w.log2b - 5; // chunks per block = 2^sh
@@ -371,39 +399,26 @@ void mv_int8_row(const MatmulArgs & a, const WView & win, const uint8_t * xq, __
         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), static_cast<unsigned>(std::min(sh, 2)));
     const __mmask8 quad_blocks = static_cast<__mmask8>((1u << (4 >> std::min(sh, 2))) - 1u); // 1, 2 or 4
     const uint8_t * row = w.packed + ((n * K) >> 1);
-    alignas(64) float bs[kSegChunks + 16]; // the segment's block scales
+    const int64_t c0 = n * K >> 5, b0 = c0 >> sh;
     __m512 acc[MR];
     for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
-    for (int64_t s0 = 0; s0 < nch; s0 += kSegChunks) { // K % 128 == 0: whole quads
-        const int cn = static_cast<int>(std::min<int64_t>(kSegChunks, nch - s0));
-        const int64_t c0 = (n * K >> 5) + s0, b0 = c0 >> sh;
-        prefetch_scale(w, n * K + 32 * (s0 + 2 * kSegChunks));
-        const int nblk = static_cast<int>(((c0 + cn - 1) >> sh) - b0 + 1); // <= kSegChunks
-        const float * src = bs;
-        if (w.dq) {
-            block_scales16(w, b0, nblk, bs);
-            _mm512_storeu_ps(bs + ((nblk + 15) & ~15), _mm512_setzero_ps()); // the last quad's 16-byte load reads past nblk
-        } else {
-            src = w.absmax + b0;
-        }
-        for (int c = 0; c < cn; c += 4) {
-            const uint8_t * p = row + 16 * (s0 + c);
-            _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8Prefetch, _MM_HINT_T0);
-            const __m512i v = _mm512_loadu_si512(p);
-            const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-            const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
-            // the quad's block scales (not past W's absmax: masked without DQ)
-            const float * qs = src + (((c0 + c) >> sh) - b0);
-            const __m128 q4 = w.dq ? _mm_loadu_ps(qs) : _mm_maskz_loadu_ps(quad_blocks, qs);
-            const __m512 ws = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(q4));
-            const uint8_t * r = xq + (s0 + c) / 4 * kInt8QuadBytes;
+    for (int64_t c = 0; c < nch; c += 4) { // K % 128 == 0: whole quads
+        const uint8_t * p = row + 16 * c;
+        _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8Prefetch, _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(p);
+        const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+        const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
+        // the quad's block scales (not past W's absmax: masked without DQ)
+        const float * qs = rs + (((c0 + c) >> sh) - b0);
+        const __m128 q4 = w.dq ? _mm_loadu_ps(qs) : _mm_maskz_loadu_ps(quad_blocks, qs);
+        const __m512 ws = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(q4));
+        const uint8_t * r = xq + c / 4 * kInt8QuadBytes;
 #pragma GCC unroll 8
-            for (int m = 0; m < MR; ++m, r += xstride) {
-                __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(r + 128), wh, _mm512_load_si512(r));
-                t = _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(r + 64));
-                const __m512 s = _mm512_mul_ps(ws, _mm512_load_ps(reinterpret_cast<const float *>(r + 192)));
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[m]);
-            }
+        for (int m = 0; m < MR; ++m, r += xstride) {
+            __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(r + 128), wh, _mm512_load_si512(r));
+            t = _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(r + 64));
+            const __m512 s = _mm512_mul_ps(ws, _mm512_load_ps(reinterpret_cast<const float *>(r + 192)));
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[m]);
         }
     }
     for (int m = 0; m < MR; ++m) store_one(a, m, n, _mm512_reduce_add_ps(acc[m]));
@@ -549,6 +564,7 @@ inline void bwd_row_scales(const WView & w, int64_t n0, int nr, int64_t k0, floa
 
 struct OpsF32 : OpsBase<float> {
     static constexpr bool kFast = true;
+    static constexpr bool kNestedWords = true; // block_scales16
     static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 256;
     static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
@@ -640,6 +656,7 @@ inline __m512i interleave_words() {
 
 struct OpsBF16 : OpsBase<uint32_t> {
     static constexpr bool kFast = true;
+    static constexpr bool kNestedWords = true; // block_scales16
     static constexpr int  kLanes = 32, kRows = 12, kKC = 512, kMC = 288, kNC = 256;
     static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
@@ -745,7 +762,8 @@ void q4_matmul_avx512_bf16(qlora_context & ctx, const MatmulArgs & a) { avx512::
 
 bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
     using namespace avx512;
-    const WView w = make_wview(*a.w);
+    alignas(64) uint16_t words[512];
+    const WView w = make_wview(*a.w, words);
     float cmax = 0.0f;
     for (int i = 0; i < 16; ++i) cmax = std::max(cmax, std::fabs(w.code[i]));
     alignas(16) uint8_t qw[16] = {};
@@ -754,12 +772,28 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
     const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i *>(qw)));
     ThreadPool & pool = ctx.threads();
     const int T = pool.size();
+    // Per thread: two buffers of one row's decoded block scales (DQ), 64-byte
+    // aligned halves. A row spans at most K / blocksize + 2 blocks.
+    const size_t row_scales = w.dq ? static_cast<size_t>(((a.K >> w.log2b) + 2 + 16 + 15) & ~15) : 0;
+    for (int t = 0; t < T; ++t)
+        if (row_scales) ctx.scratch.reserve(static_cast<size_t>(t), sizeof(float) * 2 * row_scales);
     uint8_t * xq = static_cast<uint8_t *>(
         ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(a.M * (a.K / 128) * kInt8QuadBytes)));
     if (!quantize_x_int8(a, cmax, xq)) return false;
-    pool.parallel_for(a.N, 4, [&](int64_t n0, int64_t n1, int) {
+    pool.parallel_for(a.N, 4, [&](int64_t n0, int64_t n1, int t) {
+        const NestedCodeLookup lut(w.nested_words); // once per range of rows: 1 KB of tables
+        float * buf = row_scales ? static_cast<float *>(ctx.scratch.at(static_cast<size_t>(t))) : nullptr;
         with_matvec_rows(a, [&](auto m) {
-            for (int64_t n = n0; n < n1; ++n) mv_int8_row<decltype(m)::value>(a, w, xq, table, n);
+            const float * rs = int8_row_scales(w, lut, n0, buf);
+            for (int64_t n = n0; n < n1; ++n) {
+                if (w.dq && n + 2 < n1) { // row n + 2's scale bytes (cache lines), decoded during row n + 1
+                    const int64_t b0 = ((n + 2) * a.K) >> w.log2b, b1 = ((n + 3) * a.K - 1) >> w.log2b;
+                    for (int64_t b = b0 & ~int64_t{63}; b <= b1; b += 64) __builtin_prefetch(w.qabsmax + b, 0, 3);
+                }
+                const float * next = n + 1 < n1 ? int8_row_scales(w, lut, n + 1, buf + ((n + 1 - n0) & 1) * row_scales) : nullptr;
+                mv_int8_row<decltype(m)::value>(a, w, rs, xq, table, n);
+                rs = next;
+            }
         });
     });
     return true;

@@ -58,6 +58,7 @@ struct WView {
     const uint8_t * qabsmax;
     const float *   nested_absmax;
     const float *   nested_code;
+    const uint16_t * nested_words; // nested_code split in 16-bit halves (DQ, AVX-512 only; else null)
     int             log2nb;
     float           offset;
 
@@ -79,7 +80,9 @@ inline int ilog2(int64_t v) {
     return l;
 }
 
-inline WView make_wview(const qlora_q4_tensor & t) {
+// words: 512 entries for nested_code's 16-bit halves (split_nested_code),
+// filled here for a DQ tensor; null where the kernels do not use them.
+inline WView make_wview(const qlora_q4_tensor & t, uint16_t * words = nullptr) {
     WView w{};
     w.packed = t.packed.data();
     w.code = t.code;
@@ -91,6 +94,10 @@ inline WView make_wview(const qlora_q4_tensor & t) {
     w.qabsmax = t.double_quant ? t.qabsmax.data() : nullptr;
     w.nested_absmax = t.double_quant ? t.nested_absmax.data() : nullptr;
     w.nested_code = t.nested_code;
+    if (t.double_quant && words) {
+        t.split_nested_code(words);
+        w.nested_words = words;
+    }
     w.log2nb = t.double_quant ? ilog2(t.nested_blocksize) : 0;
     w.offset = t.nested_offset;
     return w;
@@ -448,7 +455,8 @@ void with_matvec_rows(const MatmulArgs & a, F && f) {
 
 template <class Ops>
 void run(qlora_context & ctx, const MatmulArgs & a) {
-    const WView w = make_wview(*a.w);
+    alignas(64) uint16_t words[512];
+    const WView w = make_wview(*a.w, Ops::kNestedWords ? words : nullptr);
     const bool fast = Ops::kFast && a.K % 32 == 0;
     ThreadPool & pool = ctx.threads();
     const int T = pool.size();
@@ -517,6 +525,7 @@ struct OpsBase {
     using Elem = E;
     static constexpr bool kMvQuads = false; // matvec layout: 32-chunks only (see mv_elem)
     static constexpr bool kMvBf16 = false;  // no bf16 matvec for bf16 x (see mv_elem_bf16)
+    static constexpr bool kNestedWords = false; // WView::nested_words unused
     static void matvec_fwd_bf16(const MatmulArgs &, const WView &, const uint16_t *, int64_t, int64_t) {}
     static void pack_x_natural(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, E * Sp, int sps) {
         pack_x_natural_generic<E>(a, m0, mc, r0, kc, Sp, sps);

@@ -7,6 +7,7 @@
 // the dQuantize search restated in quant_simd.hpp), and conversions that
 // round like core/half.hpp (see to_bf16 for the one hardware difference).
 #include "core/half.hpp"
+#include "cpu/dq_lookup_avx512.hpp"
 #include "cpu/quant_simd.hpp"
 #include "quant/kernels.hpp"
 #include "quant/tables.hpp"
@@ -435,20 +436,23 @@ void q4_dequantize(const uint8_t * packed, const float * code16, const float * s
 void dq_scales(const DqSource & src, int64_t b0, int64_t b1, float * scales) {
     const int shift = __builtin_ctz(static_cast<unsigned>(src.nested_blocksize));
     const __m512 offset = _mm512_set1_ps(src.offset);
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    // int32 lanes hold block indices: vectorise below 2^31 blocks
-    const int64_t vend = std::min<int64_t>(b1, INT32_MAX - 16);
-    int64_t b = b0;
-    for (; b + 16 <= vend; b += 16) {
-        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src.qabsmax + b)));
-        const __m512 c = _mm512_i32gather_ps(q, src.nested_code, 4);
-        const __m512i nb = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(b)), lane), shift);
-        const __m512 na = _mm512_i32gather_ps(nb, src.nested_absmax, 4);
-        _mm512_storeu_ps(scales + (b - b0), _mm512_add_ps(_mm512_mul_ps(c, na), offset));
-    }
-    for (; b < b1; ++b) {
-        const float s = src.nested_code[src.qabsmax[b]] * src.nested_absmax[b >> shift];
-        scales[b - b0] = s + src.offset;
+    const NestedCodeLookup lut(src.nested_words);
+    // 32 blocks at a time; the nested absmax takes at most two values among 16
+    // consecutive blocks (nested blocks are >= 32 long), blended in.
+    for (int64_t b = b0; b < b1; b += 32) {
+        const int n = static_cast<int>(std::min<int64_t>(32, b1 - b));
+        __m512 code[2];
+        lut.lookup32(src.qabsmax + b, n, code[0], code[1]);
+        for (int h = 0; h < 2 && 16 * h < n; ++h) {
+            const int nh = std::min(16, n - 16 * h);
+            const int64_t bh = b + 16 * h, nlo = bh >> shift, nhi = (bh + nh - 1) >> shift;
+            __m512 na = _mm512_set1_ps(src.nested_absmax[nlo]);
+            if (nhi != nlo)
+                na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << ((nhi << shift) - bh)), na,
+                                          _mm512_set1_ps(src.nested_absmax[nhi]));
+            _mm512_mask_storeu_ps(scales + (bh - b0), static_cast<__mmask16>((1u << nh) - 1u),
+                                  _mm512_add_ps(_mm512_mul_ps(code[h], na), offset));
+        }
     }
 }
 

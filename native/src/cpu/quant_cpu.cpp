@@ -122,7 +122,9 @@ void q4_dequantize(qlora_context & ctx, const qlora_q4_tensor & t, void * out, q
     const Level lvl = level_of(ctx);
     const Q4Shape s{t.numel(), t.blocksize, t.quant_type};
     const int64_t nb = s.n_blocks(), whole = s.numel / s.blocksize;
-    const DqSource dq{t.qabsmax.data(), t.nested_absmax.data(), t.nested_blocksize, t.nested_code, t.nested_offset};
+    alignas(64) uint16_t words[512];
+    if (t.double_quant) t.split_nested_code(words);
+    const DqSource dq{t.qabsmax.data(), t.nested_absmax.data(), t.nested_blocksize, t.nested_code, words, t.nested_offset};
     // Scales are decoded per chunk of blocks into a small buffer that stays in L1.
     constexpr int64_t kChunk = 512;
     ctx.threads().parallel_for(nb, grain_blocks(s.blocksize), [&](int64_t b0, int64_t b1, int) {

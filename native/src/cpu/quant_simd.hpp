@@ -55,6 +55,7 @@ struct DqSource {
     const float *   nested_absmax;
     int32_t         nested_blocksize; // power of two
     const float *   nested_code;      // 256
+    const uint16_t * nested_words;    // nested_code in 16-bit halves (split_nested_code; the AVX-512 kernel)
     float           offset;
 };
 

@@ -6,6 +6,7 @@
 #include "qlora.h"
 
 #include <cstdint>
+#include <cstring>
 
 struct qlora_q4_tensor {
     int64_t          rows = 0, cols = 0;
@@ -51,6 +52,17 @@ struct qlora_q4_tensor {
         const float s = nested_code[qabsmax[static_cast<size_t>(b)]] *
                         nested_absmax[static_cast<size_t>(b / nested_blocksize)];
         return s + nested_offset;
+    }
+    // The bits of nested_code in 16-bit halves: words[i] the low half of
+    // nested_code[i], words[256 + i] the high half (the AVX-512 kernels look
+    // DQ scales up in these, cpu/dq_lookup_avx512.hpp).
+    void split_nested_code(uint16_t * words) const {
+        for (int i = 0; i < 256; ++i) {
+            uint32_t u;
+            std::memcpy(&u, nested_code + i, sizeof u);
+            words[i] = static_cast<uint16_t>(u);
+            words[256 + i] = static_cast<uint16_t>(u >> 16);
+        }
     }
 };
 
