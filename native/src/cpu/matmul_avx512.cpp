@@ -599,7 +599,7 @@ struct OpsF32 : OpsBase<float> {
         const uint8_t * p = w.packed + ((n0 * w.K + k0) >> 1);
         const int64_t row_bytes = w.K / 2;
         for (int r = 0; r < nr; ++r, p += row_bytes) {
-            _mm_prefetch(reinterpret_cast<const char *>(p) + 2048, _MM_HINT_T0); // the next panels' line
+            _mm_prefetch(reinterpret_cast<const char *>(p) + 64, _MM_HINT_T0); // the next panels' line
             __m512 H, L;
             decode32_codes(p, _mm512_mul_ps(code, _mm512_set1_ps(sc[r])), H, L);
             _mm512_store_ps(Bp + 32 * r, H);
@@ -701,7 +701,7 @@ struct OpsBF16 : OpsBase<uint32_t> {
         for (int r = 0; r < nr; r += 2) {
             __m512 H0, L0, H1 = _mm512_setzero_ps(), L1 = _mm512_setzero_ps();
             const uint8_t * p = w.packed + (((n0 + r) * w.K + k0) >> 1);
-            _mm_prefetch(reinterpret_cast<const char *>(p) + 2048, _MM_HINT_T0); // the next panels' lines
+            _mm_prefetch(reinterpret_cast<const char *>(p) + 64, _MM_HINT_T0); // the next panels' lines
             _mm_prefetch(reinterpret_cast<const char *>(p + row_bytes) + 64, _MM_HINT_T0);
             decode32_codes(p, _mm512_mul_ps(code, _mm512_set1_ps(sc[r])), H0, L0);
             if (r + 1 < nr) decode32_codes(p + row_bytes, _mm512_mul_ps(code, _mm512_set1_ps(sc[r + 1])), H1, L1);
