@@ -501,9 +501,13 @@ namespace {
 // of cmax/127 (error <= ws * cmax / 254 per weight, ws = the block scale).
 // For NF4 and FP4 the element that set a block's absmax decodes to exactly
 // +-ws * cmax (code +-1 = +-cmax), so ws * cmax = max |W| over the block.
+// The CPU kernel multiplies x with the unsigned bytes qw + 128 and takes the
+// +128 off once per row, so what it sums in fp32 is up to
+// sum (|x| + dx)(|w| + dw + 2 * (128 / 127) * wmax), wmax = max |W| over the
+// block: the magnitude its summation error is bounded by.
 struct Int8Bounds {
     std::vector<double> quant;  // sum |x dw| + |w dx| + |dx dw|, times |alpha|
-    std::vector<double> magn;   // sum (|x| + dx)(|w| + dw), times |alpha|
+    std::vector<double> magn;   // sum (|x| + dx)(|w| + dw + 2.02 wmax), times |alpha|
 };
 
 Int8Bounds int8_bounds(const Problem & p) {
@@ -525,10 +529,10 @@ Int8Bounds int8_bounds(const Problem & p) {
                 const double dx = slack * amax / 254.0;
                 for (int64_t k = 32 * c; k < 32 * c + 32; ++k) {
                     const int64_t i = n * K + k;
-                    const double dw = slack * wmax[static_cast<size_t>(i / bs)] / 254.0;
+                    const double wm = wmax[static_cast<size_t>(i / bs)], dw = slack * wm / 254.0;
                     const double x = std::fabs(double{p.x.get(m, k)}), w = std::fabs(double{p.w.deq[static_cast<size_t>(i)]});
                     q += x * dw + w * dx + dx * dw;
-                    g += (x + dx) * (w + dw);
+                    g += (x + dx) * (w + dw + 2.02 * wm);
                 }
             }
             b.quant[static_cast<size_t>(m * N + n)] = alpha * q;

@@ -62,30 +62,38 @@ inline void transpose16(__m512 r[16]) {
 // time: the 8-bit map looked up without a gather (NestedCodeLookup), the
 // nested absmax - at most two values among 16 consecutive blocks, as the
 // nested block is >= 32 - blended in, then mul and add as block_scale does.
-inline void block_scales16(const WView & w, const NestedCodeLookup & lut, int64_t b0, int nblk, float * bs) {
+// Block scales b .. b + n - 1 (1 <= n <= 32) in two vectors: out[0] holds
+// b .. b + 15, out[1] b + 16 .. b + 31; lanes from n on are 0.
+__attribute__((always_inline)) inline void block_scales32(const WView & w, const NestedCodeLookup & lut, int64_t b, int n, __m512 out[2]) {
+    const int n1 = std::max(0, n - 16);
+    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min(16, n)) - 1u), m1 = static_cast<__mmask16>((1u << n1) - 1u);
     if (!w.dq) {
-        for (int j = 0; j < nblk; j += 16) {
-            const __mmask16 m = static_cast<__mmask16>((1u << std::min(16, nblk - j)) - 1u);
-            _mm512_storeu_ps(bs + j, _mm512_maskz_loadu_ps(m, w.absmax + b0 + j));
-        }
+        out[0] = _mm512_maskz_loadu_ps(m0, w.absmax + b);
+        out[1] = _mm512_maskz_loadu_ps(m1, w.absmax + b + 16);
         return;
     }
-    for (int j = 0; j < nblk; j += 32) {
-        __m512 code[2];
-        lut.lookup32(w.qabsmax + b0 + j, std::min(32, nblk - j), code[0], code[1]);
-        for (int h = 0; h < 2 && j + 16 * h < nblk; ++h) {
-            const int n = std::min(16, nblk - j - 16 * h);
-            const int64_t b = b0 + j + 16 * h;
-            const int64_t nlo = b >> w.log2nb, nhi = (b + n - 1) >> w.log2nb;
-            __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
-            if (nhi != nlo) { // lanes from the first block of the next nested block on
-                const int split = static_cast<int>((nhi << w.log2nb) - b);
-                na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na,
-                                          _mm512_set1_ps(w.nested_absmax[nhi]));
-            }
-            _mm512_storeu_ps(bs + j + 16 * h, _mm512_maskz_add_ps(static_cast<__mmask16>((1u << n) - 1u),
-                                                                  _mm512_mul_ps(code[h], na), _mm512_set1_ps(w.offset)));
+    __m512 code[2];
+    lut.lookup32(w.qabsmax + b, n, code[0], code[1]);
+    out[1] = _mm512_setzero_ps();
+    for (int h = 0; h < (n1 > 0 ? 2 : 1); ++h) {
+        const int64_t bh = b + 16 * h, last = bh + std::min(16, n - 16 * h) - 1;
+        const int64_t nlo = bh >> w.log2nb, nhi = last >> w.log2nb;
+        __m512 na = _mm512_set1_ps(w.nested_absmax[nlo]);
+        if (nhi != nlo) { // lanes from the first block of the next nested block on
+            const int split = static_cast<int>((nhi << w.log2nb) - bh);
+            na = _mm512_mask_blend_ps(static_cast<__mmask16>(0xffffu << split), na, _mm512_set1_ps(w.nested_absmax[nhi]));
         }
+        out[h] = _mm512_maskz_add_ps(h == 0 ? m0 : m1, _mm512_mul_ps(code[h], na), _mm512_set1_ps(w.offset));
+    }
+}
+
+// Block scales b0 .. b0 + nblk - 1 into bs (rounded up to 16 floats).
+inline void block_scales16(const WView & w, const NestedCodeLookup & lut, int64_t b0, int nblk, float * bs) {
+    for (int j = 0; j < nblk; j += 32) {
+        __m512 v[2];
+        block_scales32(w, lut, b0 + j, std::min(32, nblk - j), v);
+        _mm512_storeu_ps(bs + j, v[0]);
+        if (j + 16 < nblk) _mm512_storeu_ps(bs + j + 16, v[1]);
     }
 }
 
@@ -307,56 +315,95 @@ void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb,
 }
 
 // Forward with 8-bit activations (qlora_matmul_params.int8_x; AVX512-VNNI),
-// rows of whole quads. x is quantized once per call (quantize_x_int8) into one
-// 256-byte record per quad and x row:
-//   [0, 64)    int8 x of the quad's even elements (byte j: element 2j),
-//   [64, 128)  int8 x of its odd elements (byte j: element 2j + 1),
-//   [128, 192) 16 int32: -128 * the sum of the int8 x of elements 8l .. 8l+7,
-//   [192, 256) 16 fp32: lane l = the x scale of the quad's 32-chunk l / 4.
-// A quad's 64 weight bytes give the even elements' codes as (byte >> 4) & 15
-// and the odd ones' as byte & 15; vpshufb maps them to unsigned bytes
-// qw + 128 and vpdpbusd multiplies them with the signed x bytes, 4 per int32
-// lane: lane l sums elements 8l .. 8l+7, which the record's correction term
-// (-128 * sum qx) turns into the sum of qw * qx. Lanes 4c .. 4c+3 belong to
-// chunk c, so the lane sums are converted to fp32 and scaled by the quad's
-// chunk scales (W's times x's), as in the fp32 matvec. The block scales of a
-// quad (1 to 4) come from one 16-byte load and a vpermps with a fixed index.
-constexpr int64_t kInt8QuadBytes = 256;
+// rows of whole quads. x is quantized once per call (quantize_x_int8):
+//   rec   per x row and quad, 128 bytes: [0, 64) the int8 x of the quad's even
+//         elements (byte j: element 2j), [64, 128) of its odd ones (2j + 1);
+//   xs    per x row and 32-chunk c: its scale (amax / 127) * (cmax / 127);
+//   bias  per x row and chunk: xs[c] * -128 * (sum of the chunk's int8 x);
+//   xsl   per x row and quad (used when M > 1): 16 fp32 lanes, lane l = xs of
+//         the quad's chunk l / 4.
+// xs and bias are padded with zeros to a multiple of 16 chunks.
+// A quad's 64 weight bytes give the even elements' codes as byte >> 4 and the
+// odd ones' as byte & 15. vpermb maps them to the unsigned bytes qw + 128
+// through a 64-entry table (the 16 entries four times over, so the bits above
+// the nibble need no mask), and vpdpbusd multiplies them with the signed x
+// bytes, 4 per int32 lane: lane l sums elements 8l .. 8l+7 of the quad, all in
+// its chunk l / 4. The lane sums are converted to fp32 and multiplied by the
+// chunk scale s[c] = (W's block scale of c) * xs[c]. The +128 on every weight
+// adds sum_c s[c] * 128 * (sum of chunk c's int8 x) to the row, which
+// is taken off once per row: the dot product of W's chunk scales with bias.
+// The chunk scales and that dot product are computed one row ahead
+// (int8_row_prep) into a per-thread buffer, so the loop reads per quad the
+// 64 weight bytes, 128 bytes of x and 16 bytes of chunk scales.
+struct Int8X {
+    const uint8_t * rec;
+    const float *   xs;
+    const float *   bias;
+    const float *   xsl;
+    const float *   bias_blk; // blocks of 32 to 128 elements: bias summed per W block of a row
+    int64_t         nq, nchp; // quads per row; chunks per row, padded to 16
 
-// x rows quantized into records (above); false if x holds a NaN or Inf.
-bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
-    const int64_t K = a.K, nq = K / 128;
-    float xf[128];
-    int qx[128];
+    static int64_t bytes(int64_t M, int64_t K) {
+        const int64_t nq = K / 128, nchp = (K / 32 + 15) & ~int64_t{15};
+        return M * (nq * 128 + 3 * nchp * 4 + nq * 64);
+    }
+    Int8X(uint8_t * base, int64_t M, int64_t K)
+        : nq(K / 128), nchp((K / 32 + 15) & ~int64_t{15}) {
+        rec = base;
+        xs = reinterpret_cast<const float *>(base + M * nq * 128);
+        bias = xs + M * nchp;
+        bias_blk = bias + M * nchp;
+        xsl = bias_blk + M * nchp;
+    }
+};
+
+// x rows quantized into an Int8X; false if x holds a NaN or Inf. The same
+// fp32 operations as the REF backend (amax, 127 / amax, x * that rounded to
+// nearest even), 32 elements at a time.
+bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
+    const int64_t nch = a.K / 32;
+    const int sh = a.w->blocksize == 32 ? 0 : a.w->blocksize == 64 ? 1 : a.w->blocksize == 128 ? 2 : -1;
+    const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
+    const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+    auto load16 = [&](int64_t i) {
+        if (a.x_dtype == QLORA_DTYPE_BF16)
+            return _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(static_cast<const uint16_t *>(a.x) + i))), 16));
+        return _mm512_loadu_ps(static_cast<const float *>(a.x) + i);
+    };
     for (int64_t m = 0; m < a.M; ++m) {
-        for (int64_t q = 0; q < nq; ++q) {
-            uint8_t * r = rec + (m * nq + q) * kInt8QuadBytes;
-            int8_t * even = reinterpret_cast<int8_t *>(r);
-            int8_t * odd = reinterpret_cast<int8_t *>(r + 64);
-            int32_t * corr = reinterpret_cast<int32_t *>(r + 128);
-            float * scale = reinterpret_cast<float *>(r + 192);
-            for (int e = 0; e < 128; ++e) xf[e] = load_act(a.x, a.x_dtype, m * a.ldx + 128 * q + e);
-            for (int c = 0; c < 4; ++c) {
-                float amax = 0.0f;
-                for (int e = 32 * c; e < 32 * c + 32; ++e) {
-                    if (!std::isfinite(xf[e])) return false;
-                    amax = std::max(amax, std::fabs(xf[e]));
-                }
-                const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-                const float xd = amax > 0.0f ? (amax / 127.0f) * (cmax / 127.0f) : 0.0f;
-                for (int e = 32 * c; e < 32 * c + 32; ++e) qx[e] = static_cast<int>(std::nearbyint(xf[e] * inv));
-                for (int l = 4 * c; l < 4 * c + 4; ++l) scale[l] = xd;
-            }
-            for (int j = 0; j < 64; ++j) {
-                even[j] = static_cast<int8_t>(qx[2 * j]);
-                odd[j] = static_cast<int8_t>(qx[2 * j + 1]);
-            }
-            for (int l = 0; l < 16; ++l) {
-                int32_t sum = 0;
-                for (int e = 8 * l; e < 8 * l + 8; ++e) sum += qx[e];
-                corr[l] = -128 * sum;
-            }
+        float * xs = const_cast<float *>(x.xs) + m * x.nchp;
+        float * bias = const_cast<float *>(x.bias) + m * x.nchp;
+        uint8_t * rec = const_cast<uint8_t *>(x.rec) + m * x.nq * 128;
+        float * xsl = const_cast<float *>(x.xsl) + m * x.nq * 16;
+        for (int64_t c = 0; c < nch; ++c) {
+            const __m512 lo = load16(m * a.ldx + 32 * c), hi = load16(m * a.ldx + 32 * c + 16);
+            const __m512 alo = _mm512_abs_ps(lo), ahi = _mm512_abs_ps(hi);
+            if ((_mm512_cmp_ps_mask(alo, fmax, _CMP_LE_OQ) & _mm512_cmp_ps_mask(ahi, fmax, _CMP_LE_OQ)) != 0xffff) return false;
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(alo, ahi));
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            const float xd = amax > 0.0f ? (amax / 127.0f) * (cmax / 127.0f) : 0.0f;
+            const __m512 vinv = _mm512_set1_ps(inv);
+            const __m512i qe = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(lo, even_idx, hi), vinv));
+            const __m512i qo = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(lo, odd_idx, hi), vinv));
+            // chunk c is bytes 16 (c % 4) .. of its quad's even and odd halves
+            uint8_t * r = rec + (c / 4) * 128 + 16 * (c % 4);
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(r), _mm512_cvtepi32_epi8(qe));
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(r + 64), _mm512_cvtepi32_epi8(qo));
+            xs[c] = xd;
+            bias[c] = xd * static_cast<float>(-128 * _mm512_reduce_add_epi32(_mm512_add_epi32(qe, qo)));
+            _mm_storeu_ps(xsl + 4 * c, _mm_set1_ps(xd));
         }
+        for (int64_t c = nch; c < x.nchp; ++c) xs[c] = bias[c] = 0.0f;
+        // blocks of 2^sh <= 4 chunks start on a quad in every row
+        float * bias_blk = const_cast<float *>(x.bias_blk) + m * x.nchp;
+        if (sh >= 0)
+            for (int64_t b = 0; b < x.nchp; ++b) {
+                float sum = 0.0f;
+                for (int64_t c = b << sh; c < std::min(x.nchp, (b + 1) << sh); ++c) sum += bias[c];
+                bias_blk[b] = sum;
+            }
     }
     return true;
 }
@@ -368,64 +415,113 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, uint8_t * rec) {
 // scripts/ab/ab_matvec.cpp from DRAM, 2 threads: +3-8 % on the LLaMA-7B
 // shapes; 8 or 32 KB into L2 and 1 KB into L1 measured about the same, and
 // one prefetch 4 KB ahead into L2 only, or non-temporal, 1-5 % slower.
-constexpr int kInt8PrefetchL2 = 16384, kInt8PrefetchL1 = 2048;
+constexpr int kInt8PrefetchL2 = 8192, kInt8PrefetchL1 = 2048;
 
-// Row n's block scales from its first block (n K) >> log2b on: the fp32
-// absmax itself without DQ, else decoded into buf (int8_row_blocks(K) + 16
-// floats; lanes past the row's blocks are 0, as the last quad's 16-byte load
-// may read past them).
-inline int64_t int8_row_blocks(const WView & w, int64_t n) {
-    return ((n * w.K + w.K - 1) >> w.log2b) - ((n * w.K) >> w.log2b) + 1;
-}
-inline const float * int8_row_scales(const WView & w, const NestedCodeLookup & lut, int64_t n, float * buf) {
-    const int64_t b0 = (n * w.K) >> w.log2b;
-    if (!w.dq) return w.absmax + b0;
-    const int nblk = static_cast<int>(int8_row_blocks(w, n));
-    block_scales16(w, lut, b0, nblk, buf);
-    _mm512_storeu_ps(buf + ((nblk + 15) & ~15), _mm512_setzero_ps());
-    return buf;
+// Per-thread scratch of the int8 matvec, in floats: a row's block scales
+// (blocks of 256 or more elements with DQ: decoded, then spread over chunks),
+// and two (double-buffered) sets of a row's chunk scales (nchp) and its MR
+// bias dot products (16).
+inline int64_t int8_block_floats(const WView & w, int64_t K) {
+    return w.dq && w.log2b > 7 ? (((K >> w.log2b) + 2 + 15) & ~int64_t{15}) : 0;
 }
 
-// One row of the int8 matvec; rs = its block scales (int8_row_scales). The
-// caller decodes them a row ahead: read back right after they are stored, the
-// scales stalled the loop (store-to-load forwarding) by about 6 %.
+// Row n's chunk scales cs[c] = W's block scale of chunk c, times x row 0's
+// chunk scale when MR == 1 (the loop then needs no multiply), and
+// corr[m] = the dot product of W's chunk scales with x row m's bias. Computed
+// a row ahead of the row's loop: read back right after being stored, they
+// would stall it (store-to-load forwarding).
 template <int MR>
-void mv_int8_row(const MatmulArgs & a, const WView & win, const float * rs, const uint8_t * xq, __m512i table,
-                 int64_t n) {
-    const WView w = win;
-    const int64_t K = a.K, nch = K / 32, xstride = K / 128 * kInt8QuadBytes;
+void int8_row_prep(const WView & w, const NestedCodeLookup & lut, const Int8X & x, int64_t K, int64_t n, float * bs,
+                   float * cs, float * corr) {
     const int sh = w.log2b - 5; // chunks per block = 2^sh
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    // Lane l of a quad is in its chunk l / 4, of block (l / 4) >> sh relative
-    // to the quad's first block: quads start on a multiple of 4 chunks.
-    const __m512i lane_block = _mm512_srli_epi32(
-        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), static_cast<unsigned>(std::min(sh, 2)));
-    const __mmask8 quad_blocks = static_cast<__mmask8>((1u << (4 >> std::min(sh, 2))) - 1u); // 1, 2 or 4
-    const uint8_t * row = w.packed + ((n * K) >> 1);
-    const int64_t c0 = n * K >> 5, b0 = c0 >> sh;
-    __m512 acc[MR];
-    for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < nch; c += 4) { // K % 128 == 0: whole quads
-        const uint8_t * p = row + 16 * c;
+    const int64_t nch = K >> 5, c0 = (n * K) >> 5, b0 = c0 >> sh;
+    const int nblk = static_cast<int>(((c0 + nch - 1) >> sh) - b0 + 1);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 cacc[MR];
+    for (int m = 0; m < MR; ++m) cacc[m] = _mm512_setzero_ps();
+    if (sh <= 2) {
+        // Blocks of 32 to 128 elements: rows start on a block (K % 128 == 0),
+        // so 16 block scales spread over 16 << sh chunks straight from
+        // registers, and the bias is taken per block (x.bias_blk).
+        __m512i spread[4];
+        for (int k = 0; k < 4; ++k)
+            spread[k] = _mm512_srli_epi32(_mm512_add_epi32(iota, _mm512_set1_epi32(16 * k)), static_cast<unsigned>(sh));
+        for (int j = 0; j < nblk; j += 32) {
+            __m512 v[2];
+            block_scales32(w, lut, b0 + j, std::min(32, nblk - j), v);
+            for (int h = 0; h < 2; ++h) {
+                for (int m = 0; m < MR; ++m)
+                    cacc[m] = _mm512_fmadd_ps(v[h], _mm512_loadu_ps(x.bias_blk + m * x.nchp + j + 16 * h), cacc[m]);
+                for (int k = 0; k < (1 << sh); ++k) {
+                    const int64_t c = (static_cast<int64_t>(j + 16 * h) << sh) + 16 * k;
+                    if (c >= nch) break;
+                    const __m512 ws = _mm512_permutexvar_ps(spread[k], v[h]);
+                    _mm512_storeu_ps(cs + c, MR == 1 ? _mm512_mul_ps(ws, _mm512_loadu_ps(x.xs + c)) : ws);
+                }
+            }
+        }
+    } else {
+        // Larger blocks, which may start before the row: decoded into bs first.
+        const float * src = w.absmax + b0; // block scales from block b0 on
+        if (w.dq) {
+            block_scales16(w, lut, b0, nblk, bs);
+            src = bs;
+        }
+        for (int64_t c = 0; c < nch; c += 16) {
+            const int64_t cc = c0 + c;
+            const int first = static_cast<int>((cc >> sh) - b0); // block of chunk c, relative to b0
+            const int phase = static_cast<int>(cc & ((int64_t{1} << sh) - 1));
+            const __m512i idx = _mm512_srli_epi32(_mm512_add_epi32(_mm512_set1_epi32(phase), iota), static_cast<unsigned>(sh));
+            const int avail = std::min(16, nblk - first); // lanes past the row read 0 (bias is 0 there)
+            const __m512 ws = _mm512_permutexvar_ps(
+                idx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << avail) - 1u), src + first));
+            for (int m = 0; m < MR; ++m) cacc[m] = _mm512_fmadd_ps(ws, _mm512_loadu_ps(x.bias + m * x.nchp + c), cacc[m]);
+            _mm512_storeu_ps(cs + c, MR == 1 ? _mm512_mul_ps(ws, _mm512_loadu_ps(x.xs + c)) : ws);
+        }
+    }
+    for (int m = 0; m < MR; ++m) corr[m] = _mm512_reduce_add_ps(cacc[m]);
+}
+
+// One row of the int8 matvec; cs, corr = its int8_row_prep, table = qw + 128.
+template <int MR>
+void mv_int8_row(const MatmulArgs & a, const WView & w, const Int8X & x, const float * cs, const float * corr,
+                 __m512i table, int64_t n) {
+    const int64_t nq = x.nq;
+    const __m512i lane_chunk = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const uint8_t * row = w.packed + ((n * a.K) >> 1);
+    // Each quad adds one FMA into an accumulator of x row m: with one chain
+    // per row the FMA latency (4 cycles) would bound the loop, so small MR
+    // spread the quads over NA chains.
+    constexpr int NA = MR == 1 ? 4 : MR == 2 ? 2 : 1;
+    __m512 acc[NA][MR];
+    for (int j = 0; j < NA; ++j)
+        for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
+    auto quad = [&](int64_t q, __m512 * accq) __attribute__((always_inline)) {
+        const uint8_t * p = row + 64 * q;
         _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL2, _MM_HINT_T1);
         _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL1, _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(p);
+        const __m512i low4 = _mm512_set1_epi8(0x0f);
         const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
         const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
-        // the quad's block scales (not past W's absmax: masked without DQ)
-        const float * qs = rs + (((c0 + c) >> sh) - b0);
-        const __m128 q4 = w.dq ? _mm_loadu_ps(qs) : _mm_maskz_loadu_ps(quad_blocks, qs);
-        const __m512 ws = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(q4));
-        const uint8_t * r = xq + c / 4 * kInt8QuadBytes;
+        const __m512 s = _mm512_permutexvar_ps(lane_chunk, _mm512_castps128_ps512(_mm_loadu_ps(cs + 4 * q)));
+        const uint8_t * r = x.rec + q * 128;
 #pragma GCC unroll 8
-        for (int m = 0; m < MR; ++m, r += xstride) {
-            __m512i t = _mm512_dpbusd_epi32(_mm512_load_si512(r + 128), wh, _mm512_load_si512(r));
+        for (int m = 0; m < MR; ++m, r += nq * 128) {
+            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_load_si512(r));
             t = _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(r + 64));
-            const __m512 s = _mm512_mul_ps(ws, _mm512_load_ps(reinterpret_cast<const float *>(r + 192)));
-            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[m]);
+            const __m512 sm = MR == 1 ? s : _mm512_mul_ps(s, _mm512_load_ps(x.xsl + (m * nq + q) * 16));
+            accq[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sm, accq[m]);
         }
-    }
-    for (int m = 0; m < MR; ++m) store_one(a, m, n, _mm512_reduce_add_ps(acc[m]));
+    };
+    int64_t q = 0;
+    for (; q + NA <= nq; q += NA)
+#pragma GCC unroll 4
+        for (int j = 0; j < NA; ++j) quad(q + j, acc[j]);
+    for (; q < nq; ++q) quad(q, acc[0]);
+    for (int j = 1; j < NA; ++j)
+        for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_add_ps(acc[0][m], acc[j][m]);
+    for (int m = 0; m < MR; ++m) store_one(a, m, n, _mm512_reduce_add_ps(acc[0][m]) + corr[m]);
 }
 
 // Backward: acc[m][p] over cols [k0, k1) in the mv_elem layout of kv = k1 - k0
@@ -770,33 +866,35 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
     const WView w = make_wview(*a.w, words);
     float cmax = 0.0f;
     for (int i = 0; i < 16; ++i) cmax = std::max(cmax, std::fabs(w.code[i]));
-    alignas(16) uint8_t qw[16] = {};
-    for (int i = 0; i < 16; ++i)
-        qw[i] = static_cast<uint8_t>(128 + (cmax > 0.0f ? static_cast<int>(std::nearbyint(w.code[i] * (127.0f / cmax))) : 0));
-    const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i *>(qw)));
+    alignas(64) uint8_t qw[64] = {};
+    for (int i = 0; i < 64; ++i)
+        qw[i] = static_cast<uint8_t>(
+            128 + (cmax > 0.0f ? static_cast<int>(std::nearbyint(w.code[i & 15] * (127.0f / cmax))) : 0));
+    const __m512i table = _mm512_load_si512(qw);
     ThreadPool & pool = ctx.threads();
     const int T = pool.size();
-    // Per thread: two buffers of one row's decoded block scales (DQ), 64-byte
-    // aligned halves. A row spans at most K / blocksize + 2 blocks.
-    const size_t row_scales = w.dq ? static_cast<size_t>(((a.K >> w.log2b) + 2 + 16 + 15) & ~15) : 0;
+    const int64_t nchp = (a.K / 32 + 15) & ~int64_t{15}, block_floats = int8_block_floats(w, a.K);
+    const int64_t set_floats = nchp + 16; // one row's chunk scales, then its corr[MR]
     for (int t = 0; t < T; ++t)
-        if (row_scales) ctx.scratch.reserve(static_cast<size_t>(t), sizeof(float) * 2 * row_scales);
-    uint8_t * xq = static_cast<uint8_t *>(
-        ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(a.M * (a.K / 128) * kInt8QuadBytes)));
-    if (!quantize_x_int8(a, cmax, xq)) return false;
+        ctx.scratch.reserve(static_cast<size_t>(t), sizeof(float) * static_cast<size_t>(block_floats + 2 * set_floats));
+    const Int8X x(static_cast<uint8_t *>(ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(Int8X::bytes(a.M, a.K)))),
+                  a.M, a.K);
+    if (!quantize_x_int8(a, cmax, x)) return false;
     pool.parallel_for(a.N, 4, [&](int64_t n0, int64_t n1, int t) {
         const NestedCodeLookup lut(w.nested_words); // once per range of rows: 1 KB of tables
-        float * buf = row_scales ? static_cast<float *>(ctx.scratch.at(static_cast<size_t>(t))) : nullptr;
+        float * bs = static_cast<float *>(ctx.scratch.at(static_cast<size_t>(t)));
+        float * set[2] = {bs + block_floats, bs + block_floats + set_floats};
         with_matvec_rows(a, [&](auto m) {
-            const float * rs = int8_row_scales(w, lut, n0, buf);
+            constexpr int MR = decltype(m)::value;
+            int8_row_prep<MR>(w, lut, x, a.K, n0, bs, set[0], set[0] + nchp);
             for (int64_t n = n0; n < n1; ++n) {
                 if (w.dq && n + 2 < n1) { // row n + 2's scale bytes (cache lines), decoded during row n + 1
                     const int64_t b0 = ((n + 2) * a.K) >> w.log2b, b1 = ((n + 3) * a.K - 1) >> w.log2b;
                     for (int64_t b = b0 & ~int64_t{63}; b <= b1; b += 64) __builtin_prefetch(w.qabsmax + b, 0, 3);
                 }
-                const float * next = n + 1 < n1 ? int8_row_scales(w, lut, n + 1, buf + ((n + 1 - n0) & 1) * row_scales) : nullptr;
-                mv_int8_row<decltype(m)::value>(a, w, rs, xq, table, n);
-                rs = next;
+                float * cur = set[(n - n0) & 1], * next = set[(n + 1 - n0) & 1];
+                if (n + 1 < n1) int8_row_prep<MR>(w, lut, x, a.K, n + 1, bs, next, next + nchp);
+                mv_int8_row<MR>(a, w, x, cur, cur + nchp, table, n);
             }
         });
     });

@@ -47,8 +47,10 @@ namespace ref {
 //    (0 for all-zero blocks), with scale xd = (amax / 127) * (cmax / 127);
 //  - y = alpha * sum_c s_c * I_c + beta * y with s_c = (W's block scale of c) * xd
 //    in fp32 and I_c = sum over the block of qw[code] * qx, an exact integer.
-// The CPU kernel sums s_c * I_c in fp32 (8-element partial sums of I_c,
-// scaled, then added in its own order); this oracle sums in float64.
+// The CPU kernel sums s_c * I_c in fp32 (8-element partial sums of I_c with
+// every qw offset by +128, scaled, then added in its own order, and the
+// offset's share, s_c * 128 * sum qx, taken off per row); this oracle sums in
+// float64.
 void q4_matmul(const MatmulArgs & a);
 } // namespace ref
 
