@@ -1,4 +1,4 @@
-// A/B of two builds of libqlora on the forward matvec (M = 1): both libraries
+// A/B of two builds of libqlora on the forward matvec (M = 1 unless given): both libraries
 // are dlopen'ed side by side, each gets its own context and its own copies of
 // the same random 4-bit W, and their calls alternate (the order flips every
 // round, and the two never read the same copy in a round, so neither runs on
@@ -12,7 +12,7 @@
 //    cmake --build build --target qlora -j2)
 //   g++ -O2 -Inative/include -o /tmp/ab scripts/ab/ab_matvec.cpp -ldl
 //   /tmp/ab /tmp/prev/build/native/libqlora.so artifacts/native/linux-x64-cpu/native/libqlora.so
-//           N K DQ INT8_X THREADS SECONDS [COPIES]
+//           N K DQ INT8_X THREADS SECONDS [COPIES [M]]
 //
 // COPIES (default 1) copies of W per build: 1 keeps a small W in cache, enough
 // copies to exceed the L3 measure the stream from DRAM. With COPIES = 1 the
@@ -54,15 +54,16 @@ double median(std::vector<double> v) {
 
 int main(int argc, char ** argv) {
     if (argc < 9) {
-        std::fprintf(stderr, "usage: %s LIB_A LIB_B N K DQ(0|1) INT8_X(0|1) THREADS SECONDS [COPIES]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s LIB_A LIB_B N K DQ(0|1) INT8_X(0|1) THREADS SECONDS [COPIES [M]]\n", argv[0]);
         return 2;
     }
     const int64_t N = std::atoll(argv[3]), K = std::atoll(argv[4]);
     const int dq = std::atoi(argv[5]), int8 = std::atoi(argv[6]), threads = std::atoi(argv[7]);
     const double secs = std::atof(argv[8]);
     const int copies = argc > 9 ? std::atoi(argv[9]) : 1;
-    if (N <= 0 || K <= 0 || K % 64 != 0 || copies <= 0 || threads <= 0) {
-        std::fprintf(stderr, "N, K (a multiple of 64), THREADS and COPIES must be positive\n");
+    const int64_t M = argc > 10 ? std::atoll(argv[10]) : 1;
+    if (N <= 0 || K <= 0 || K % 64 != 0 || copies <= 0 || threads <= 0 || M <= 0) {
+        std::fprintf(stderr, "N, K (a multiple of 64), THREADS, COPIES and M must be positive\n");
         return 2;
     }
     Lib lib[2];
@@ -81,7 +82,7 @@ int main(int argc, char ** argv) {
         for (auto & b : qabsmax[static_cast<size_t>(c)]) b = static_cast<uint8_t>(rng());
     }
     std::vector<float> nested(static_cast<size_t>(nnb)), absmax(static_cast<size_t>(nb)), code(16), map(256);
-    std::vector<float> x(static_cast<size_t>(K)), y(static_cast<size_t>(N));
+    std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
     std::uniform_real_distribution<float> u(0.5f, 1.5f);
     std::normal_distribution<float> g(0.0f, 1.0f);
     for (auto & a : nested) a = 0.01f * u(rng);
@@ -121,7 +122,7 @@ int main(int argc, char ** argv) {
     xv.data = x.data();
     xv.dtype = QLORA_DTYPE_F32;
     xv.device = QLORA_DEVICE_HOST;
-    xv.rows = 1;
+    xv.rows = M;
     xv.cols = K;
     qlora_view yv = xv;
     yv.data = y.data();
@@ -151,9 +152,9 @@ int main(int argc, char ** argv) {
     double diff = 0.0;
     for (size_t n = 0; n < y.size(); ++n) diff = std::max(diff, static_cast<double>(std::fabs(first[0][n] - first[1][n])));
     const double bytes = static_cast<double>(numel) / 2;
-    std::printf("N=%lld K=%lld dq=%d int8_x=%d threads=%d copies=%d: A %.2f GB/s, B %.2f GB/s, B/A speed x%.3f "
+    std::printf("M=%lld N=%lld K=%lld dq=%d int8_x=%d threads=%d copies=%d: A %.2f GB/s, B %.2f GB/s, B/A speed x%.3f "
                 "(median of %zu rounds)",
-                static_cast<long long>(N), static_cast<long long>(K), dq, int8, threads, copies,
+                static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), dq, int8, threads, copies,
                 bytes / median(ts[0]) / 1e9, bytes / median(ts[1]) / 1e9, median(ratio), ratio.size());
     if (copies == 1) std::printf(", max |yA - yB| %.3g", diff);
     std::printf("\n");
