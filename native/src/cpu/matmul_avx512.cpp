@@ -427,9 +427,9 @@ inline int64_t int8_block_floats(const WView & w, int64_t K) {
 
 // Row n's chunk scales cs[c] = W's block scale of chunk c, times x row 0's
 // chunk scale when MR == 1 (the loop then needs no multiply), and
-// corr[m] = the dot product of W's chunk scales with x row m's bias. Computed
-// a row ahead of the row's loop: read back right after being stored, they
-// would stall it (store-to-load forwarding).
+// corr + 16 m = 16 lanes whose sum is the dot product of W's chunk scales
+// with x row m's bias. Computed a row ahead of the row's loop: read back right
+// after being stored, they would stall it (store-to-load forwarding).
 template <int MR>
 void int8_row_prep(const WView & w, const NestedCodeLookup & lut, const Int8X & x, int64_t K, int64_t n, float * bs,
                    float * cs, float * corr) {
@@ -479,7 +479,7 @@ void int8_row_prep(const WView & w, const NestedCodeLookup & lut, const Int8X & 
             _mm512_storeu_ps(cs + c, MR == 1 ? _mm512_mul_ps(ws, _mm512_loadu_ps(x.xs + c)) : ws);
         }
     }
-    for (int m = 0; m < MR; ++m) corr[m] = _mm512_reduce_add_ps(cacc[m]);
+    for (int m = 0; m < MR; ++m) _mm512_store_ps(corr + 16 * m, cacc[m]);
 }
 
 // One row of the int8 matvec; cs, corr = its int8_row_prep, table = qw + 128.
@@ -500,7 +500,8 @@ void mv_int8_row(const MatmulArgs & a, const WView & w, const Int8X & x, const f
         const uint8_t * p = row + 64 * q;
         _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL2, _MM_HINT_T1);
         _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL1, _MM_HINT_T0);
-        const __m512i v = _mm512_loadu_si512(p);
+        __m512i v = _mm512_loadu_si512(p);
+        __asm__("" : "+v"(v)); // one load of the weights, not one per use
         const __m512i low4 = _mm512_set1_epi8(0x0f);
         const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
         const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
@@ -521,7 +522,7 @@ void mv_int8_row(const MatmulArgs & a, const WView & w, const Int8X & x, const f
     for (; q < nq; ++q) quad(q, acc[0]);
     for (int j = 1; j < NA; ++j)
         for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_add_ps(acc[0][m], acc[j][m]);
-    for (int m = 0; m < MR; ++m) store_one(a, m, n, _mm512_reduce_add_ps(acc[0][m]) + corr[m]);
+    for (int m = 0; m < MR; ++m) store_one(a, m, n, _mm512_reduce_add_ps(_mm512_add_ps(acc[0][m], _mm512_load_ps(corr + 16 * m))));
 }
 
 // Backward: acc[m][p] over cols [k0, k1) in the mv_elem layout of kv = k1 - k0
@@ -874,7 +875,7 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
     ThreadPool & pool = ctx.threads();
     const int T = pool.size();
     const int64_t nchp = (a.K / 32 + 15) & ~int64_t{15}, block_floats = int8_block_floats(w, a.K);
-    const int64_t set_floats = nchp + 16; // one row's chunk scales, then its corr[MR]
+    const int64_t set_floats = nchp + 16 * 8; // one row's chunk scales, then its corr (MR vectors)
     for (int t = 0; t < T; ++t)
         ctx.scratch.reserve(static_cast<size_t>(t), sizeof(float) * static_cast<size_t>(block_floats + 2 * set_floats));
     const Int8X x(static_cast<uint8_t *>(ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(Int8X::bytes(a.M, a.K)))),
