@@ -885,13 +885,17 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
         const NestedCodeLookup lut(w.nested_words); // once per range of rows: 1 KB of tables
         float * bs = static_cast<float *>(ctx.scratch.at(static_cast<size_t>(t)));
         float * set[2] = {bs + block_floats, bs + block_floats + set_floats};
+        // the block scales' bytes: one per block with DQ, else an fp32 absmax
+        const char * scale_stream = w.dq ? reinterpret_cast<const char *>(w.qabsmax) : reinterpret_cast<const char *>(w.absmax);
+        const int64_t scale_bytes = w.dq ? 1 : 4;
         with_matvec_rows(a, [&](auto m) {
             constexpr int MR = decltype(m)::value;
             int8_row_prep<MR>(w, lut, x, a.K, n0, bs, set[0], set[0] + nchp);
             for (int64_t n = n0; n < n1; ++n) {
-                if (w.dq && n + 2 < n1) { // row n + 2's scale bytes (cache lines), decoded during row n + 1
+                if (n + 2 < n1) { // row n + 2's scale bytes (cache lines), read during row n + 1
                     const int64_t b0 = ((n + 2) * a.K) >> w.log2b, b1 = ((n + 3) * a.K - 1) >> w.log2b;
-                    for (int64_t b = b0 & ~int64_t{63}; b <= b1; b += 64) __builtin_prefetch(w.qabsmax + b, 0, 3);
+                    for (int64_t i = (b0 * scale_bytes) & ~int64_t{63}; i <= b1 * scale_bytes; i += 64)
+                        __builtin_prefetch(scale_stream + i, 0, 3);
                 }
                 float * cur = set[(n - n0) & 1], * next = set[(n + 1 - n0) & 1];
                 if (n + 1 < n1) int8_row_prep<MR>(w, lut, x, a.K, n + 1, bs, next, next + nchp);

@@ -129,17 +129,23 @@ inline void chunk_scales(const WView & w, int64_t g0, int count, float * out) {
     for (int c = 0; c < count; ++c) out[c] = w.scale((c0 + c) >> sh);
 }
 
-// Prefetches the block scale storage (qabsmax byte or fp32 absmax) of the
-// block holding flat element g.
-inline void prefetch_scale(const WView & w, int64_t g) {
-    const int64_t b = g >> w.log2b;
-    if (w.dq) __builtin_prefetch(w.qabsmax + b, 0, 3);
-    else __builtin_prefetch(w.absmax + b, 0, 3);
-}
-
 // Matvec rows are processed in segments of this many 32-element chunks, with
 // the chunk scales of the segment computed up front.
 constexpr int kSegChunks = 64;
+
+// Prefetches the block scale storage of the segment (kSegChunks chunks) from
+// flat element g on: the qabsmax line of its first block with DQ (a segment
+// has at most 64 blocks; a second prefetch for its last block measured 6-8 %
+// slower), else every line of its fp32 absmax (up to 256 bytes).
+inline void prefetch_scale(const WView & w, int64_t g) {
+    const int64_t b = g >> w.log2b;
+    if (w.dq) {
+        __builtin_prefetch(w.qabsmax + b, 0, 3);
+    } else {
+        const int64_t last = (g + 32 * kSegChunks - 1) >> w.log2b;
+        for (int64_t i = b & ~int64_t{15}; i <= last; i += 16) __builtin_prefetch(w.absmax + i, 0, 3);
+    }
+}
 
 inline float load_act(const void * p, qlora_dtype dtype, int64_t i) {
     return dtype == QLORA_DTYPE_BF16 ? bf16_to_f32(static_cast<const uint16_t *>(p)[i])
