@@ -592,6 +592,25 @@ void check_int8(Problem & p) {
 
 } // namespace
 
+// M = 1 (generation) has its own CPU loop for blocks of 32 to 128 elements:
+// rows as units of 16 quads, the last unit of a row shorter when K % 2048 != 0
+// (K = 2176: 17 quads, 4224: 33), rows shared by 1 or 3 threads; blocks of
+// 256 take the general path.
+TEST(MatmulInt8, SingleRowMatchesRefForEveryBlockSizeAndRowLength) {
+    uint32_t seed = 900;
+    int i = 0;
+    for (int32_t bs : {32, 64, 128, 256})
+        for (int64_t K : {int64_t{128}, int64_t{2176}, int64_t{4224}})
+            for (bool dq : {false, true}) {
+                Case c{QLORA_MATMUL_FORWARD, 1, 13 + 2 * i, K, i % 4 == 3 ? QLORA_QUANT_FP4 : QLORA_QUANT_NF4, bs, dq,
+                       i % 2 == 0 ? QLORA_DTYPE_F32 : QLORA_DTYPE_BF16, QLORA_DTYPE_F32, false, 1.0f, 0.0f,
+                       i % 3 == 2 ? Dist::StudentT : Dist::Normal, seed++};
+                ++i;
+                Problem p(c);
+                check_int8(p);
+            }
+}
+
 TEST(MatmulInt8, CpuMatchesRefAndRefIsWithinQuantizationError) {
     // K % 128 == 0; K = 2176 and 4224 cross a scale segment (2048) with a
     // partial one; blocks of 4096 span rows; M = 1 .. 8.
