@@ -32,7 +32,7 @@ public:
 
     // c0 = nested_code[q[0..15]], c1 = nested_code[q[16..31]]; q[i] is read
     // for i < n only (n <= 32), lanes from n on hold nested_code[0].
-    __attribute__((always_inline)) void lookup32(const uint8_t * q, int n, __m512 & c0, __m512 & c1) const {
+    void lookup32(const uint8_t * q, int n, __m512 & c0, __m512 & c1) const {
         const __mmask32 m = n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1u);
         // vpunpck{l,h}wd interleave within 128-bit lanes: lane L of the low
         // result takes words 8L .. 8L+3, of the high one 8L+4 .. 8L+7. Moving

@@ -531,8 +531,10 @@ void mv_int8_row(const MatmulArgs & a, const WView & w, const Int8X & x, const f
 // times x's, 4 vectors) and its share of the bias dot product are computed in
 // registers one unit ahead of its quads: no per-row pass over a buffer, which
 // cost the 2 KB rows of K = 4096 10 % from DRAM.
+// flatten: everything inlined, lookup32 included (a call would spill every
+// live vector; forcing it inline everywhere made the exact matvec 5 % slower).
 template <int SH>
-void mv_int8_rows_m1(const MatmulArgs & a, const WView & w, const NestedCodeLookup & lut, const Int8X & x,
+__attribute__((flatten)) void mv_int8_rows_m1(const MatmulArgs & a, const WView & w, const NestedCodeLookup & lut, const Int8X & x,
                      __m512i table, int64_t n0, int64_t n1) {
     constexpr int kUnitBlocks = 64 >> SH; // blocks of a full unit
     const int64_t nq = x.nq, upr = (nq + 15) / 16; // units per row
