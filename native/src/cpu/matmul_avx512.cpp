@@ -417,6 +417,24 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
 // one prefetch 4 KB ahead into L2 only, or non-temporal, 1-5 % slower.
 constexpr int kInt8PrefetchL2 = 8192, kInt8PrefetchL1 = 2048;
 
+// A quad's weight codes as unsigned bytes qw + 128 (table): wh for its even
+// elements (high nibbles), wl for its odd ones; prefetches the stream ahead.
+__attribute__((always_inline)) inline void int8_quad_codes(const uint8_t * p, __m512i table, __m512i & wh, __m512i & wl) {
+    _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL2, _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL1, _MM_HINT_T0);
+    __m512i v = _mm512_loadu_si512(p);
+    __asm__("" : "+v"(v)); // one load of the weights, not one per use
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+    wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
+}
+
+// The 16 int32 lane sums of (qw + 128) * qx over a quad, x's record at xr.
+__attribute__((always_inline)) inline __m512i int8_quad_dot(__m512i wh, __m512i wl, const uint8_t * xr) {
+    const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_load_si512(xr));
+    return _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(xr + 64));
+}
+
 // Per-thread scratch of the int8 matvec, in floats: a row's block scales
 // (blocks of 256 or more elements with DQ: decoded, then spread over chunks),
 // and two (double-buffered) sets of a row's chunk scales (nchp) and its MR
@@ -497,20 +515,13 @@ void mv_int8_row(const MatmulArgs & a, const WView & w, const Int8X & x, const f
     for (int j = 0; j < NA; ++j)
         for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
     auto quad = [&](int64_t q, __m512 * accq) __attribute__((always_inline)) {
-        const uint8_t * p = row + 64 * q;
-        _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL2, _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL1, _MM_HINT_T0);
-        __m512i v = _mm512_loadu_si512(p);
-        __asm__("" : "+v"(v)); // one load of the weights, not one per use
-        const __m512i low4 = _mm512_set1_epi8(0x0f);
-        const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-        const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
+        __m512i wh, wl;
+        int8_quad_codes(row + 64 * q, table, wh, wl);
         const __m512 s = _mm512_permutexvar_ps(lane_chunk, _mm512_castps128_ps512(_mm_loadu_ps(cs + 4 * q)));
         const uint8_t * r = x.rec + q * 128;
 #pragma GCC unroll 8
         for (int m = 0; m < MR; ++m, r += nq * 128) {
-            __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_load_si512(r));
-            t = _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(r + 64));
+            const __m512i t = int8_quad_dot(wh, wl, r);
             const __m512 sm = MR == 1 ? s : _mm512_mul_ps(s, _mm512_load_ps(x.xsl + (m * nq + q) * 16));
             accq[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sm, accq[m]);
         }
@@ -541,7 +552,6 @@ __attribute__((flatten)) void mv_int8_rows_m1(const MatmulArgs & a, const WView 
     const int64_t nblk = a.K >> (SH + 5);            // blocks per row
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i lane_chunk = _mm512_srli_epi32(iota, 2);
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
     // chunks 16k .. 16k + 15 of a unit lie in blocks (16k + lane) >> SH:
     // vector (16k) >> (SH + 4) of the unit's block scales (vpermps reads
     // index bits 0-3)
@@ -576,15 +586,9 @@ __attribute__((flatten)) void mv_int8_rows_m1(const MatmulArgs & a, const WView 
         for (int h = 1; h < (kUnitBlocks + 15) / 16; ++h) cb = _mm512_fmadd_ps(v[h], _mm512_loadu_ps(bias + 16 * h), cb);
     };
     auto quad = [&](const uint8_t * p, const uint8_t * xr, __m512 sc, __m512 accq) __attribute__((always_inline)) {
-        _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL2, _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char *>(p) + kInt8PrefetchL1, _MM_HINT_T0);
-        __m512i v = _mm512_loadu_si512(p);
-        __asm__("" : "+v"(v)); // one load of the weights, not one per use
-        const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-        const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
-        __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_load_si512(xr));
-        t = _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(xr + 64));
-        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sc, accq);
+        __m512i wh, wl;
+        int8_quad_codes(p, table, wh, wl);
+        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(int8_quad_dot(wh, wl, xr)), sc, accq);
     };
     __m512 cs_next[4], cb_next;
     prep(n0, 0, cs_next, cb_next);
