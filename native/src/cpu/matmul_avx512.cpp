@@ -323,25 +323,27 @@ void matvec_fwd_bf16(const MatmulArgs & a, const WView & w, const uint16_t * xb,
 //   xsl   per x row and quad (used when M > 1): 16 fp32 lanes, lane l = xs of
 //         the quad's chunk l / 4.
 // xs, bias and bias_blk are padded with zeros to a multiple of 64 chunks.
-// A quad's 64 weight bytes give the even elements' codes as byte >> 4 and the
-// odd ones' as byte & 15. vpermb maps them to the unsigned bytes qw + 128
-// through a 64-entry table (the 16 entries four times over, so the bits above
-// the nibble need no mask), and vpdpbusd multiplies them with the signed x
-// bytes, 4 per int32 lane: lane l sums elements 8l .. 8l+7 of the quad, all in
-// its chunk l / 4. The lane sums are converted to fp32 and multiplied by the
-// chunk scale s[c] = (W's block scale of c) * xs[c]. The +128 on every weight
-// adds sum_c s[c] * 128 * (sum of chunk c's int8 x) to the row, which
-// is taken off once per row: the dot product of W's chunk scales with bias.
-// The chunk scales and that dot product are computed one row ahead
-// (int8_row_prep) into a per-thread buffer, so the loop reads per quad the
-// 64 weight bytes, 128 bytes of x and 16 bytes of chunk scales.
+// A quad's 64 weight bytes give the even elements' codes as (byte >> 4) & 15
+// and the odd ones' as byte & 15. vpshufb maps them to the unsigned bytes
+// qw + 128 (vpermb, which needs no mask, measured slower on Zen 5), and
+// vpdpbusd multiplies them with the signed x bytes, 4 per int32 lane: lane l
+// sums elements 8l .. 8l+7 of the quad, all in its chunk l / 4. The lane sums
+// are converted to fp32 and multiplied by the chunk scale
+// s[c] = (W's block scale of c) * xs[c]. The +128 on every weight adds
+// sum_c s[c] * 128 * (sum of chunk c's int8 x) to the row, which is taken off
+// once per row: the dot product of W's chunk scales with bias. The chunk
+// scales and that dot product are computed ahead of the loop that uses them:
+// in registers one unit of 16 quads ahead for M = 1 with blocks of 32-128
+// elements (mv_int8_rows_m1), else one row ahead into a per-thread buffer
+// (int8_row_prep). Per quad the loop reads the 64 weight bytes, 128 bytes of
+// x and the chunk scales.
 struct Int8X {
-    const uint8_t * rec;
-    const float *   xs;
-    const float *   bias;
-    const float *   xsl;
-    const float *   bias_blk; // blocks of 32 to 128 elements: bias summed per W block of a row
-    int64_t         nq, nchp; // quads per row; chunks per row, padded to 64
+    uint8_t * rec;
+    float *   xs;
+    float *   bias;
+    float *   xsl;
+    float *   bias_blk; // blocks of 32 to 128 elements: bias summed per W block of a row
+    int64_t   nq, nchp; // quads per row; chunks per row, padded to 64
 
     static int64_t bytes(int64_t M, int64_t K) {
         const int64_t nq = K / 128, nchp = (K / 32 + 63) & ~int64_t{63};
@@ -350,7 +352,7 @@ struct Int8X {
     Int8X(uint8_t * base, int64_t M, int64_t K)
         : nq(K / 128), nchp((K / 32 + 63) & ~int64_t{63}) {
         rec = base;
-        xs = reinterpret_cast<const float *>(base + M * nq * 128);
+        xs = reinterpret_cast<float *>(base + M * nq * 128);
         bias = xs + M * nchp;
         bias_blk = bias + M * nchp;
         xsl = bias_blk + M * nchp;
@@ -373,10 +375,10 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
         return _mm512_loadu_ps(static_cast<const float *>(a.x) + i);
     };
     for (int64_t m = 0; m < a.M; ++m) {
-        float * xs = const_cast<float *>(x.xs) + m * x.nchp;
-        float * bias = const_cast<float *>(x.bias) + m * x.nchp;
-        uint8_t * rec = const_cast<uint8_t *>(x.rec) + m * x.nq * 128;
-        float * xsl = const_cast<float *>(x.xsl) + m * x.nq * 16;
+        float * xs = x.xs + m * x.nchp;
+        float * bias = x.bias + m * x.nchp;
+        uint8_t * rec = x.rec + m * x.nq * 128;
+        float * xsl = x.xsl + m * x.nq * 16;
         for (int64_t c = 0; c < nch; ++c) {
             const __m512 lo = load16(m * a.ldx + 32 * c), hi = load16(m * a.ldx + 32 * c + 16);
             const __m512 alo = _mm512_abs_ps(lo), ahi = _mm512_abs_ps(hi);
@@ -397,7 +399,7 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
         }
         for (int64_t c = nch; c < x.nchp; ++c) xs[c] = bias[c] = 0.0f;
         // blocks of 2^sh <= 4 chunks start on a quad in every row
-        float * bias_blk = const_cast<float *>(x.bias_blk) + m * x.nchp;
+        float * bias_blk = x.bias_blk + m * x.nchp;
         if (sh >= 0)
             for (int64_t b = 0; b < x.nchp; ++b) {
                 float sum = 0.0f;
