@@ -57,11 +57,11 @@ inline void transpose16(__m512 r[16]) {
 }
 
 // ---------------------------------------------------------------------------
-// Block scales, vectorized: bs[j] = scale of block b0 + j, j < nblk (a
-// multiple of 16 is written; the lanes past nblk are 0). With DQ, 32 at a
-// time: the 8-bit map looked up without a gather (NestedCodeLookup), the
-// nested absmax - at most two values among 16 consecutive blocks, as the
-// nested block is >= 32 - blended in, then mul and add as block_scale does.
+// Block scales, vectorized. With DQ, 32 at a time: the 8-bit map looked up
+// without a gather (NestedCodeLookup), the nested absmax - at most two values
+// among 16 consecutive blocks, as the nested block is >= 32 - blended in,
+// then mul and add as block_scale does.
+//
 // Block scales b .. b + n - 1 (1 <= n <= 32) in two vectors: out[0] holds
 // b .. b + 15, out[1] b + 16 .. b + 31; lanes from n on are 0.
 __attribute__((always_inline)) inline void block_scales32(const WView & w, const NestedCodeLookup & lut, int64_t b, int n, __m512 out[2]) {
@@ -87,7 +87,8 @@ __attribute__((always_inline)) inline void block_scales32(const WView & w, const
     }
 }
 
-// Block scales b0 .. b0 + nblk - 1 into bs (rounded up to 16 floats).
+// bs[j] = scale of block b0 + j, j < nblk (a multiple of 16 is written; the
+// lanes past nblk are 0).
 inline void block_scales16(const WView & w, const NestedCodeLookup & lut, int64_t b0, int nblk, float * bs) {
     for (int j = 0; j < nblk; j += 32) {
         __m512 v[2];
@@ -411,12 +412,13 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
 }
 
 // Software prefetch of a row's stream, one W row at a time: each quad asks
-// for the line 16 KB ahead into L2 and the one 2 KB ahead into L1. Measured
+// for the line 8 KB ahead into L2 and the one 2 KB ahead into L1. Two levels
 // against one prefetch 4 KB ahead into L1 (the tuned single distance: 1, 2
 // and 8 KB, and 2 to 8 rows at a time sharing each x load, were slower), with
 // scripts/ab/ab_matvec.cpp from DRAM, 2 threads: +3-8 % on the LLaMA-7B
-// shapes; 8 or 32 KB into L2 and 1 KB into L1 measured about the same, and
-// one prefetch 4 KB ahead into L2 only, or non-temporal, 1-5 % slower.
+// shapes; one prefetch 4 KB ahead into L2 only, or non-temporal, 1-5 %
+// slower. The L2 distance was 16 KB until the loop got faster (four FMA
+// chains): then 8 KB measured +7 %, and 4, 6, 12 or 32 KB no better.
 constexpr int kInt8PrefetchL2 = 8192, kInt8PrefetchL1 = 2048;
 
 // A quad's weight codes as unsigned bytes qw + 128 (table): wh for its even
@@ -437,10 +439,10 @@ __attribute__((always_inline)) inline __m512i int8_quad_dot(__m512i wh, __m512i 
     return _mm512_dpbusd_epi32(t, wl, _mm512_load_si512(xr + 64));
 }
 
-// Per-thread scratch of the int8 matvec, in floats: a row's block scales
-// (blocks of 256 or more elements with DQ: decoded, then spread over chunks),
-// and two (double-buffered) sets of a row's chunk scales (nchp) and its MR
-// bias dot products (16).
+// Per-thread scratch of the int8 matvec's row path (int8_row_prep), in
+// floats: a row's block scales (blocks of 256 or more elements with DQ:
+// decoded, then spread over chunks), and two (double-buffered) sets of a
+// row's chunk scales (nchp) and its bias dot products (16 lanes per x row).
 inline int64_t int8_block_floats(const WView & w, int64_t K) {
     return w.dq && w.log2b > 7 ? (((K >> w.log2b) + 2 + 15) & ~int64_t{15}) : 0;
 }
