@@ -396,7 +396,7 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
             _mm_storeu_si128(reinterpret_cast<__m128i *>(r + 64), _mm512_cvtepi32_epi8(qo));
             xs[c] = xd;
             bias[c] = xd * static_cast<float>(-128 * _mm512_reduce_add_epi32(_mm512_add_epi32(qe, qo)));
-            _mm_storeu_ps(xsl + 4 * c, _mm_set1_ps(xd));
+            if (a.M > 1) _mm_storeu_ps(xsl + 4 * c, _mm_set1_ps(xd)); // per lane, for the rows of M > 1
         }
         for (int64_t c = nch; c < x.nchp; ++c) xs[c] = bias[c] = 0.0f;
         // blocks of 2^sh <= 4 chunks start on a quad in every row
@@ -461,7 +461,7 @@ void int8_row_prep(const WView & w, const NestedCodeLookup & lut, const Int8X & 
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512 cacc[MR];
     for (int m = 0; m < MR; ++m) cacc[m] = _mm512_setzero_ps();
-    if (sh <= 2) {
+    if (MR > 1 && sh <= 2) { // (M = 1 with these blocks takes mv_int8_rows_m1)
         // Blocks of 32 to 128 elements: rows start on a block (K % 128 == 0),
         // so 16 block scales spread over 16 << sh chunks straight from
         // registers, and the bias is taken per block (x.bias_blk).
