@@ -3,8 +3,12 @@
 #include "core/thread_pool.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
+#include <utility>
+#include <vector>
 
 using namespace qtest;
 
@@ -77,6 +81,65 @@ TEST(ThreadPool, SplitCoversRangeExactlyOnce) {
                     expect = e;
                 }
                 EXPECT_EQ(expect, n) << n << " " << grain << " " << parts;
+            }
+}
+
+using Ranges = std::vector<std::pair<int64_t, int64_t>>;
+
+// One thread drains the queue: from its own run half of what is left per
+// call (at least a chunk), then single chunks from the back of the others'
+// runs, the run with the most left first; ranges are whole chunks, the last
+// one cut at n.
+TEST(ChunkQueue, OneThreadTakesHalvesOfItsRunThenStealsFromTheBack) {
+    auto drain = [](qlora::ChunkQueue & q, int p) {
+        Ranges got;
+        for (int64_t b, e; q.next(p, b, e);) got.push_back({b, e});
+        return got;
+    };
+    qlora::ChunkQueue whole(64, 1, 1);
+    EXPECT_EQ(drain(whole, 0), (Ranges{{0, 32}, {32, 48}, {48, 56}, {56, 60}, {60, 62}, {62, 63}, {63, 64}}));
+    qlora::ChunkQueue two(10, 3, 2); // chunks [0,3) [3,6) | [6,9) [9,10)
+    EXPECT_EQ(drain(two, 0), (Ranges{{0, 3}, {3, 6}, {9, 10}, {6, 9}}));
+    int64_t b, e;
+    EXPECT_FALSE(two.next(1, b, e));
+    qlora::ChunkQueue three(40, 4, 3); // runs of 4, 3, 3 chunks; on a tie the lower part's run
+    EXPECT_EQ(drain(three, 2), (Ranges{{28, 32}, {32, 36}, {36, 40}, {12, 16}, {8, 12}, {24, 28}, {4, 8},
+                                       {20, 24}, {0, 4}, {16, 20}}));
+    qlora::ChunkQueue empty(0, 4, 3);
+    EXPECT_FALSE(empty.next(2, b, e));
+    qlora::ChunkQueue more_parts(2, 1, 4); // parts without a chunk steal
+    EXPECT_TRUE(more_parts.next(3, b, e));
+    EXPECT_TRUE(more_parts.next(3, b, e));
+    EXPECT_FALSE(more_parts.next(0, b, e));
+}
+
+// Threads racing for chunks, one of them slowed down: every index is handed
+// out exactly once, and the others take over most of the slow one's run.
+TEST(ChunkQueue, RacingThreadsTakeEveryIndexExactlyOnce) {
+    qlora::ThreadPool pool(4);
+    for (int64_t n : {1, 5, 97, 1000, 4099})
+        for (int64_t chunk : {1, 4, 33})
+            for (int round = 0; round < 4; ++round) {
+                qlora::ChunkQueue q(n, chunk, 4);
+                std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+                std::atomic<int64_t> by_slow{0};
+                pool.run([&](int t, int) {
+                    for (int64_t b, e; q.next(t, b, e);) {
+                        EXPECT_EQ(b % chunk, 0);
+                        EXPECT_TRUE(e == n || e % chunk == 0);
+                        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+                        if (t == 3) {
+                            by_slow += e - b;
+                            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                        }
+                    }
+                });
+                for (int64_t i = 0; i < n; ++i) {
+                    ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << n << " " << chunk << " " << i;
+                }
+                if ((n + chunk - 1) / chunk >= 64) { // less than its static share
+                    EXPECT_LT(by_slow.load(), n / 4) << n << " " << chunk;
+                }
             }
 }
 

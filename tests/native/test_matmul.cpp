@@ -611,6 +611,38 @@ TEST(MatmulInt8, SingleRowMatchesRefForEveryBlockSizeAndRowLength) {
             }
 }
 
+// The forward matvecs hand rows out in chunks of about 64 KB of weights (32
+// rows at K = 4096, 60 at K = 2176; ChunkQueue): with 2 and 3 threads, the
+// ranges a thread takes from its own run and those it takes from the back of
+// another's give every row once (y starts as NaN), with the bits of one
+// thread: exact with f32 and bf16 x, M = 1 and 3, and int8_x with blocks of
+// 32, 64 and 128 (the M = 1 loop), checked against REF too.
+TEST(MatmulInt8, ChunkedRowsGiveTheBitsOfOneThread) {
+    uint32_t seed = 950;
+    const qlora_cpu_isa isa = qlora_cpu_isa_detected();
+    int i = 0;
+    for (int64_t K : {int64_t{2176}, int64_t{4096}})
+        for (int32_t bs : {32, 64, 128}) {
+            Case c{QLORA_MATMUL_FORWARD, i % 2 == 0 ? 1 : 3, 301 + i, K, QLORA_QUANT_NF4, bs, i % 2 == 0,
+                   i % 3 == 0 ? QLORA_DTYPE_BF16 : QLORA_DTYPE_F32, QLORA_DTYPE_F32, false, 1.0f, 0.0f, Dist::Normal,
+                   seed++};
+            ++i;
+            Problem p(c);
+            for (bool int8 : {false, true}) {
+                p.int8_x = int8;
+                Context one = make_context(QLORA_BACKEND_CPU, isa, 1);
+                const Mat a = p.run(one.get());
+                for (int threads : {2, 3}) {
+                    Context many = make_context(QLORA_BACKEND_CPU, isa, threads);
+                    for (int run = 0; run < 3; ++run)
+                        EXPECT_TRUE(a.same_bits(p.run(many.get())))
+                            << (int8 ? "int8_x, " : "exact, ") << threads << " threads: " << describe(c);
+                }
+            }
+            if (c.M == 1) check_int8(p);
+        }
+}
+
 TEST(MatmulInt8, CpuMatchesRefAndRefIsWithinQuantizationError) {
     // K % 128 == 0; K = 2176 and 4224 cross a scale segment (2048) with a
     // partial one; blocks of 4096 span rows; M = 1 .. 8.

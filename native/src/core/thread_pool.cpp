@@ -47,6 +47,54 @@ void split_range(int64_t n, int64_t grain, int parts, int p, int64_t & begin, in
     end = std::min(n, ue * grain);
 }
 
+ChunkQueue::ChunkQueue(int64_t n, int64_t chunk, int parts)
+    : n_(std::max<int64_t>(n, 0)), chunk_(std::max<int64_t>(chunk, 1)), runs_(static_cast<size_t>(std::max(parts, 1))) {
+    constexpr int64_t kMaxChunks = int64_t{1} << 31; // chunk numbers fit in 32 bits
+    if ((n_ + chunk_ - 1) / chunk_ > kMaxChunks) chunk_ = (n_ + kMaxChunks - 1) / kMaxChunks;
+    const int64_t chunks = (n_ + chunk_ - 1) / chunk_;
+    for (size_t p = 0; p < runs_.size(); ++p) {
+        int64_t b, e;
+        split_range(chunks, 1, static_cast<int>(runs_.size()), static_cast<int>(p), b, e);
+        runs_[p].front_back.store(static_cast<uint64_t>(b) << 32 | static_cast<uint64_t>(e), std::memory_order_relaxed);
+    }
+}
+
+bool ChunkQueue::next(int p, int64_t & begin, int64_t & end) {
+    auto front = [](uint64_t v) { return static_cast<int64_t>(v >> 32); };
+    auto back = [](uint64_t v) { return static_cast<int64_t>(v & 0xffffffffu); };
+    int64_t c0 = -1, c1 = -1;
+    std::atomic<uint64_t> & own = runs_[static_cast<size_t>(p)].front_back;
+    for (uint64_t v = own.load(std::memory_order_acquire); front(v) < back(v);) {
+        const int64_t take = std::max<int64_t>(1, (back(v) - front(v)) / 2);
+        if (own.compare_exchange_weak(v, v + (static_cast<uint64_t>(take) << 32), std::memory_order_acq_rel)) {
+            c0 = front(v);
+            c1 = c0 + take;
+            break;
+        }
+    }
+    while (c0 < 0) { // a single chunk from the back of the run with the most left
+        Run * most = nullptr;
+        int64_t most_left = 0;
+        for (Run & r : runs_) {
+            const uint64_t v = r.front_back.load(std::memory_order_acquire);
+            if (back(v) - front(v) > most_left) {
+                most_left = back(v) - front(v);
+                most = &r;
+            }
+        }
+        if (!most) return false;
+        for (uint64_t v = most->front_back.load(std::memory_order_acquire); front(v) < back(v);)
+            if (most->front_back.compare_exchange_weak(v, v - 1, std::memory_order_acq_rel)) {
+                c1 = back(v);
+                c0 = c1 - 1;
+                break;
+            }
+    }
+    begin = c0 * chunk_;
+    end = std::min(n_, c1 * chunk_);
+    return true;
+}
+
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
     workers_.reserve(static_cast<size_t>(n_threads_ - 1));
     for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });

@@ -52,4 +52,25 @@ private:
 // [begin, end). Empty when p has nothing to do.
 void split_range(int64_t n, int64_t grain, int parts, int p, int64_t & begin, int64_t & end);
 
+// [0, n) handed out to `parts` threads as their work gets done, in whole
+// chunks of `chunk` indices: part p owns the p-th of `parts` contiguous runs
+// of chunks and takes from its front half of what is left of it (at least a
+// chunk) per call; once its run is used up it takes single chunks from the
+// back of the run with the most left. Every chunk is handed out exactly once.
+// Which thread runs an index varies from call to call, so results stay
+// deterministic only where an index's result does not depend on the thread.
+class ChunkQueue {
+public:
+    ChunkQueue(int64_t n, int64_t chunk, int parts);
+    // The next range [begin, end) for part p; false once nothing is left.
+    bool next(int p, int64_t & begin, int64_t & end);
+
+private:
+    struct alignas(64) Run {
+        std::atomic<uint64_t> front_back{0}; // front chunk << 32 | end chunk
+    };
+    int64_t          n_, chunk_;
+    std::vector<Run> runs_;
+};
+
 } // namespace qlora
