@@ -5,9 +5,10 @@
 // wakes the build's worker threads, asleep while the other build ran: without
 // it every timed call paid a wake-up (about 50 us on this VM, a third of a
 // 4096 x 4096 matvec). Each build's calls take its copies in turn, so a copy
-// is read again only after 2 x COPIES other reads. Prints each build's median GB/s of weight bytes
-// and the median over rounds of the per-round speed ratio B/A, which is robust
-// to the machine's speed drifting during the run. A change to a kernel is
+// is read again only after 2 x COPIES other reads. Prints each build's median
+// GB/s of weight bytes and the median over rounds of the per-round speed ratio
+// B/A, which is robust to the machine's speed drifting during the run (not to
+// all of it: repeat a run, as two runs of A against itself gave 0.97-1.00). A change to a kernel is
 // measured by building the previous commit next to the current one:
 //
 //   git worktree add /tmp/prev HEAD~1

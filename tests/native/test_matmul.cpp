@@ -617,7 +617,7 @@ TEST(MatmulInt8, SingleRowMatchesRefForEveryBlockSizeAndRowLength) {
 // another's give every row once (y starts as NaN), with the bits of one
 // thread: exact with f32 and bf16 x, M = 1 and 3, and int8_x with blocks of
 // 32, 64 and 128 (the M = 1 loop), checked against REF too.
-TEST(MatmulInt8, ChunkedRowsGiveTheBitsOfOneThread) {
+TEST(Matmul, ChunkedMatvecRowsGiveTheBitsOfOneThread) {
     uint32_t seed = 950;
     const qlora_cpu_isa isa = qlora_cpu_isa_detected();
     int i = 0;

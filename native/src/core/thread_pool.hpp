@@ -1,7 +1,9 @@
 // One pool of worker threads per context, sized by the caller.
 //
-// Work is split statically (thread t of n always gets the same share for the
-// same problem), so results are deterministic for a given thread count.
+// parallel_for splits work statically (thread t of n always gets the same
+// share for the same problem), so results are deterministic for a given
+// thread count; a ChunkQueue hands work out as the threads get done, for work
+// whose results do not depend on the thread that computes them.
 // Idle workers spin briefly and then sleep on a futex (std::atomic::wait), so
 // they do not compete with libtorch's threads between calls.
 #pragma once
