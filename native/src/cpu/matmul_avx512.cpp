@@ -992,10 +992,6 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
     const __m512i table = _mm512_load_si512(qw);
     ThreadPool & pool = ctx.threads();
     const int T = pool.size();
-    const int64_t nchp = (a.K / 32 + 63) & ~int64_t{63}, block_floats = int8_block_floats(w, a.K);
-    const int64_t set_floats = nchp + 16 * 8; // one row's chunk scales, then its corr (MR vectors)
-    for (int t = 0; t < T; ++t)
-        ctx.scratch.reserve(static_cast<size_t>(t), sizeof(float) * static_cast<size_t>(block_floats + 2 * set_floats));
     const Int8X x(static_cast<uint8_t *>(ctx.scratch.reserve(static_cast<size_t>(T), static_cast<size_t>(Int8X::bytes(a.M, a.K)))),
                   a.M, a.K);
     if (!quantize_x_int8(a, cmax, x)) return false;
@@ -1008,6 +1004,11 @@ bool q4_matvec_int8_avx512(qlora_context & ctx, const MatmulArgs & a) {
         });
         return true;
     }
+    // the row path's per-thread scratch (int8_block_floats)
+    const int64_t nchp = (a.K / 32 + 63) & ~int64_t{63}, block_floats = int8_block_floats(w, a.K);
+    const int64_t set_floats = nchp + 16 * 8; // one row's chunk scales, then its corr (MR vectors)
+    for (int t = 0; t < T; ++t)
+        ctx.scratch.reserve(static_cast<size_t>(t), sizeof(float) * static_cast<size_t>(block_floats + 2 * set_floats));
     pool.parallel_for(a.N, 4, [&](int64_t n0, int64_t n1, int t) {
         const NestedCodeLookup lut(w.nested_words); // once per range of rows: 1 KB of tables
         float * bs = static_cast<float *>(ctx.scratch.at(static_cast<size_t>(t)));
