@@ -4,8 +4,10 @@
 //            from the libtorch_cpu.so PyTorch ships (QLORA_LIBTORCH_CPU, default
 //            the NuGet cache of libtorch-cpu-linux-x64 2.10.0), 2 threads;
 //   deq    - dequantize the whole W (qlora_q4_dequantize) then the same dense GEMM;
-//   STREAM - STREAM's triad on 3 x 128 MiB (M = 1 is bandwidth-bound), 2 threads;
+//   STREAM - STREAM's triad on 3 arrays of 4x the L3 each, 128 MiB at least
+//            (M = 1 is bandwidth-bound), 2 threads;
 //   read   - a plain read of the same weight bytes, 2 threads.
+// M = 1 rotates weight copies over 4x the L3 (256 MiB at least).
 // Matmul/core/* repeat the compute-bound sizes on one thread, timed by the
 // thread's CPU time (robust to time-slicing on a shared machine), next to MKL
 // on one thread and the measured per-core FMA / vdpbf16ps peak.
@@ -26,12 +28,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -40,7 +45,28 @@
 namespace {
 
 constexpr int kThreads = 2;
-constexpr int64_t kColdBytes = int64_t{256} << 20; // M = 1 rotates weight copies over this many bytes (>> L3)
+
+// The last-level cache in bytes: glibc's sysconf, else sysfs ("307200K"),
+// else 32 MiB. "From DRAM" figures size their data from it, as STREAM does
+// (each array at least 4x the cache): the machines this runs on range from
+// 32 MiB of L3 (Zen 4/5) to 300 MiB (a Xeon with AMX). On the Xeon a fixed
+// 3 x 32 MiB triad partly stayed in L3 between rounds of Matmul/m1_interleaved:
+// next to 4096 x 4096 weights it ran 1.04-1.25x a plain read of the (cold)
+// weights in 5 runs, against 0.93-1.04x with arrays of 4x the L3.
+int64_t llc_bytes() {
+    static const int64_t bytes = [] {
+        const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        if (v > 0) return static_cast<int64_t>(v);
+        std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index3/size");
+        int64_t n = 0;
+        char unit = 0;
+        if (f >> n >> unit && n > 0) return unit == 'M' ? n << 20 : unit == 'K' ? n << 10 : n;
+        return int64_t{32} << 20;
+    }();
+    return bytes;
+}
+// M = 1 rotates weight copies over this many bytes (4x the L3, 256 MiB at least).
+int64_t cold_bytes() { return std::max<int64_t>(int64_t{256} << 20, 4 * llc_bytes()); }
 
 struct Shape { int64_t K, N; };
 const Shape kShapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
@@ -160,7 +186,7 @@ Weights & weights(const Shape & s) {
         qlora_q4_info info{};
         qlora_q4_get_info(w.copies[0].get(), &info);
         w.storage_bytes = info.storage_bytes;
-        const int64_t n = std::max<int64_t>(2, kColdBytes / info.storage_bytes + 1);
+        const int64_t n = std::max<int64_t>(2, cold_bytes() / info.storage_bytes + 1);
         for (int64_t i = 1; i < n; ++i) w.copies.push_back(random_q4(s.N, s.K, static_cast<uint32_t>(i + 1)));
     }
     return w;
@@ -403,22 +429,38 @@ void BM_Read(benchmark::State & state, Shape s) {
 
 // STREAM's triad, a[i] = b[i] + q c[i], counted as STREAM counts it (3 x 4
 // bytes per element, write-allocate traffic not counted), on kThreads threads
-// over 3 arrays of 128 MiB: the "STREAM" figure the targets refer to.
-constexpr size_t kTriadFloats = size_t{32} << 20;
-void triad(float * a, const float * b, const float * c, size_t n, float q) {
-    for (size_t i = 0; i < n; ++i) a[i] = b[i] + q * c[i];
+// over 3 arrays of 4x the L3 each (128 MiB at least), STREAM's own rule: the
+// "STREAM" figure the targets refer to. Matmul/stream_triad and
+// Matmul/m1_interleaved share the arrays.
+struct TriadArrays {
+    std::vector<float> a, b, c;
+    TriadArrays() {
+        const size_t n = static_cast<size_t>(std::max<int64_t>(int64_t{128} << 20, 4 * llc_bytes()) / 4);
+        a.assign(n, 0.0f);
+        b.assign(n, 1.0f);
+        c.assign(n, 2.0f);
+    }
+    size_t size() const { return a.size(); }
+    double stream_bytes() const { return 12.0 * static_cast<double>(size()); }
+    // Thread t of kThreads runs its share.
+    void run(int t) {
+        const size_t lo = size() * t / kThreads, hi = size() * (t + 1) / kThreads;
+        float * pa = a.data();
+        const float * pb = b.data();
+        const float * pc = c.data();
+        for (size_t i = lo; i < hi; ++i) pa[i] = pb[i] + 3.0f * pc[i];
+        benchmark::DoNotOptimize(pa);
+    }
+};
+TriadArrays & triad_arrays() {
+    static TriadArrays t;
+    return t;
 }
 void BM_Triad(benchmark::State & state) {
-    std::vector<float> a(kTriadFloats, 0.0f), b(kTriadFloats, 1.0f), c(kTriadFloats, 2.0f);
+    TriadArrays & tr = triad_arrays();
     Team team;
-    timed(state, "triad", [&] {
-        team.run([&](int t) {
-            const size_t lo = kTriadFloats * t / kThreads, hi = kTriadFloats * (t + 1) / kThreads;
-            triad(a.data() + lo, b.data() + lo, c.data() + lo, hi - lo, 3.0f);
-        });
-        benchmark::DoNotOptimize(a.data());
-    });
-    state.counters["GB/s"] = benchmark::Counter(12.0 * kTriadFloats, benchmark::Counter::kIsIterationInvariantRate,
+    timed(state, "triad", [&] { team.run([&](int t) { tr.run(t); }); });
+    state.counters["GB/s"] = benchmark::Counter(tr.stream_bytes(), benchmark::Counter::kIsIterationInvariantRate,
                                                 benchmark::Counter::kIs1000);
 }
 
@@ -429,7 +471,6 @@ void BM_Triad(benchmark::State & state) {
 // seconds. Time per kind = the median over the rounds (a stall of the VM in
 // one round does not move it).
 constexpr int kInterleavedRounds = 60;
-constexpr size_t kInterleavedTriadFloats = kTriadFloats / 4; // 3 x 32 MiB, past the L3
 struct Interleaved {
     std::vector<double> read, triad, exact[2], int8[2];
 };
@@ -445,8 +486,7 @@ std::map<std::pair<int64_t, int64_t>, Interleaved> & interleaved() {
 void BM_M1Interleaved(benchmark::State & state, Shape s) {
     Weights & w = weights(s);
     const WeightBytes bytes(w);
-    std::vector<float> ta(kInterleavedTriadFloats, 0.0f), tb(kInterleavedTriadFloats, 1.0f),
-        tc(kInterleavedTriadFloats, 2.0f);
+    TriadArrays & tr = triad_arrays();
     std::vector<float> xf(static_cast<size_t>(s.K), 0.01f), yf(static_cast<size_t>(s.N));
     std::vector<uint16_t> xh(static_cast<size_t>(s.K), 0x3c23);
     qlora_view xv[2] = {view(xf.data(), QLORA_DTYPE_F32, 1, s.K), view(xh.data(), QLORA_DTYPE_BF16, 1, s.K)};
@@ -473,10 +513,7 @@ void BM_M1Interleaved(benchmark::State & state, Shape s) {
                 if (!warm) r.read.push_back(dt);
             }
             r.triad.push_back(clock([&] {
-                team.run([&](int t) {
-                    const size_t n = ta.size(), lo = n * t / kThreads, hi = n * (t + 1) / kThreads;
-                    triad(ta.data() + lo, tb.data() + lo, tc.data() + lo, hi - lo, 3.0f);
-                });
+                team.run([&](int t) { tr.run(t); });
             }));
             qlora_matmul_params warm = qlora_matmul_default_params();
             if (qlora_q4_matmul(c, &xv[0], w.copies[next()].get(), &yv, &warm) != QLORA_OK)
@@ -493,7 +530,6 @@ void BM_M1Interleaved(benchmark::State & state, Shape s) {
         }
     }
     benchmark::DoNotOptimize(sink);
-    benchmark::DoNotOptimize(ta.data());
 }
 
 // The physical limit per core: fp32 FMA and bf16 dot-product throughput
@@ -558,11 +594,13 @@ void BM_Table(benchmark::State & state) {
     std::printf("GFLOP/s = 2 M N K / time. 'vs dense': ours / dense GEMM of the same precision on an unquantized W; "
                 "'vs deq': ours / (dequantize whole W + the same dense GEMM).\n");
     const double tri = get("triad");
-    const double stream = tri > 0 ? 12.0 * kTriadFloats / tri / 1e9 : 0.0;
-    std::printf("M = 1: weight GB/s = stored 4-bit bytes (4.127 bits/weight) / time; 'vs STREAM': / STREAM triad "
-                "bandwidth (%.1f GB/s in this run, %d threads); 'vs read': / a plain read of the same bytes "
-                "(reads alone stream faster than STREAM's mix of reads and writes).\n\n",
-                stream, kThreads);
+    const double stream = tri > 0 ? triad_arrays().stream_bytes() / tri / 1e9 : 0.0;
+    std::printf("M = 1: weight GB/s = stored 4-bit bytes (4.127 bits/weight) / time, over weight copies of %lld MiB in "
+                "all (L3: %lld MiB); 'vs STREAM': / STREAM triad bandwidth (%.1f GB/s in this run, %d threads, "
+                "3 x %lld MiB); 'vs read': / a plain read of the same bytes (reads alone stream faster than STREAM's "
+                "mix of reads and writes).\n\n",
+                static_cast<long long>(cold_bytes() >> 20), static_cast<long long>(llc_bytes() >> 20), stream,
+                kThreads, static_cast<long long>(triad_arrays().size() * 4 >> 20));
     std::printf("%d threads, wall clock:\n\n", kThreads);
     std::printf("| op  | act  |    K  |     N |   M | q4 GFLOP/s | dense GFLOP/s | vs dense | deq+dense GFLOP/s | vs deq | "
                 "weight GB/s | vs STREAM | read GB/s | vs read |\n");
@@ -609,10 +647,12 @@ void BM_Table(benchmark::State & state) {
         }
     if (!interleaved().empty()) {
         std::printf("\nM = 1 interleaved (Matmul/m1_interleaved): %d rounds of one call each of: a plain read of the "
-                    "weight bytes, STREAM's triad (3 x 32 MiB), and the forward matvec exact / int8_x with F32 and "
-                    "BF16 x; GB/s = weight bytes (or STREAM's count) / the median time over the rounds; the ratios "
-                    "compare figures taken over the same seconds:\n\n",
-                    kInterleavedRounds);
+                    "weight bytes, STREAM's triad (3 x %lld MiB), and the forward matvec exact / int8_x with F32 "
+                    "and BF16 x, each call on the next weight copy (%lld MiB in all); GB/s = weight bytes (or "
+                    "STREAM's count) / the median time over the rounds; the ratios compare figures taken over the "
+                    "same seconds:\n\n",
+                    kInterleavedRounds, static_cast<long long>(triad_arrays().size() * 4 >> 20),
+                    static_cast<long long>(cold_bytes() >> 20));
         std::printf("|    K  |     N | read GB/s | STREAM GB/s | exact f32 | exact bf16 | int8 f32 | int8 bf16 | "
                     "int8 f32 vs STREAM | int8 bf16 vs STREAM | int8 f32 vs read | int8 bf16 vs read |\n");
         std::printf("|-------|-------|----------:|------------:|----------:|-----------:|---------:|----------:|"
@@ -622,7 +662,7 @@ void BM_Table(benchmark::State & state) {
             if (it == interleaved().end() || it->second.read.empty()) continue;
             const Interleaved & v = it->second;
             const double bytes = static_cast<double>(weights(s).storage_bytes) / 1e9;
-            const double rd = bytes / median(v.read), st = 12.0 * kInterleavedTriadFloats / 1e9 / median(v.triad);
+            const double rd = bytes / median(v.read), st = triad_arrays().stream_bytes() / 1e9 / median(v.triad);
             const double e0 = bytes / median(v.exact[0]), e1 = bytes / median(v.exact[1]);
             const double i0 = bytes / median(v.int8[0]), i1 = bytes / median(v.int8[1]);
             std::printf("| %5lld | %5lld | %9.1f | %11.1f | %9.1f | %10.1f | %8.1f | %9.1f | %17.2fx | %18.2fx | "
