@@ -137,6 +137,8 @@ typedef enum qlora_cpu_isa {
     QLORA_ISA_AVX2        = 1, /* AVX2 + FMA + F16C */
     QLORA_ISA_AVX512      = 2, /* AVX-512 F/BW/DQ/VL */
     QLORA_ISA_AVX512_BF16 = 3, /* AVX-512 + BF16 dot products (vdpbf16ps) + VNNI (vpdpbusd) */
+    QLORA_ISA_AMX_BF16    = 4, /* AVX512_BF16 + AMX-BF16 tiles (tdpbf16ps; Linux grants the tile
+                                  state to the process on first detection) */
     QLORA_ISA_BEST        = 100 /* whatever the running CPU supports */
 } qlora_cpu_isa;
 

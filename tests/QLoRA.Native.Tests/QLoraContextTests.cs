@@ -39,6 +39,7 @@ public sealed class QLoraContextTests
             Assert.That(scalar.Backend, Is.EqualTo(QLoraBackend.Cpu), "Auto resolves to the CPU backend for host data");
             Assert.That(scalar.Isa, Is.EqualTo(QLoraCpuIsa.Scalar));
             Assert.That(QLoraContext.IsaName(QLoraCpuIsa.Avx512Bf16), Is.EqualTo("avx512_bf16"));
+            Assert.That(QLoraContext.IsaName(QLoraCpuIsa.AmxBf16), Is.EqualTo("amx_bf16"));
             Assert.That(best.ToString(), Does.StartWith("QLoraContext(Cpu, "));
         });
     }

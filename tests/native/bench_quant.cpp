@@ -313,7 +313,7 @@ void BM_Q4QuantizeIsa(benchmark::State & state) {
 }
 void isas(benchmark::internal::Benchmark * b) {
     b->ArgName("isa");
-    for (int isa : {QLORA_ISA_SCALAR, QLORA_ISA_AVX2, QLORA_ISA_AVX512, QLORA_ISA_AVX512_BF16}) b->Arg(isa);
+    for (int isa : {QLORA_ISA_SCALAR, QLORA_ISA_AVX2, QLORA_ISA_AVX512, QLORA_ISA_AVX512_BF16, QLORA_ISA_AMX_BF16}) b->Arg(isa);
 }
 BENCHMARK(BM_Q4DequantizeIsa)->Apply(isas)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Q4QuantizeIsa)->Apply(isas)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -59,11 +59,13 @@ TEST(Core, UnavailableRequestsAreErrors) {
     EXPECT_EQ(qlora_context_create(&p, &c), QLORA_ERROR_UNSUPPORTED);
     EXPECT_NE(std::strstr(qlora_last_error(), "QLORA_CUDA"), nullptr);
 #endif
-    if (qlora_cpu_isa_detected() < QLORA_ISA_AVX512_BF16) {
-        p = qlora_context_default_params();
-        p.max_isa = QLORA_ISA_AVX512_BF16;
-        EXPECT_EQ(qlora_context_create(&p, &c), QLORA_ERROR_UNSUPPORTED);
-    }
+    for (qlora_cpu_isa isa : {QLORA_ISA_AVX512_BF16, QLORA_ISA_AMX_BF16})
+        if (qlora_cpu_isa_detected() < isa) {
+            p = qlora_context_default_params();
+            p.max_isa = isa;
+            EXPECT_EQ(qlora_context_create(&p, &c), QLORA_ERROR_UNSUPPORTED) << qlora_cpu_isa_name(isa);
+        }
+    EXPECT_STREQ(qlora_cpu_isa_name(QLORA_ISA_AMX_BF16), "amx_bf16");
     EXPECT_EQ(c, nullptr);
 }
 

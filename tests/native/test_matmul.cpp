@@ -310,7 +310,10 @@ TEST(Matmul, LargeShapesCrossAllTiles) {
     // M = 1 and 6 (matvec): rows longer than a scale segment (2048), then whole
     // 128-element quads, then a 32-chunk tail; M = 1, 3, 7 with K % 128 == 0
     // (the bf16 matvec for bf16 x): whole quads only, row groups plus leftovers.
-    const struct { int64_t M, N, K; } shapes[] = {{300, 470, 608}, {270, 64, 601}, {20, 2100, 64},
+    // AMX (bf16 x): M = 300 and 20 end in rows outside whole 16-row tiles;
+    // backward with N = 470 ends each column block in 11 reduction pairs
+    // outside whole 16-pair tiles; M = 600, N = 20 splits the rows.
+    const struct { int64_t M, N, K; } shapes[] = {{300, 470, 608}, {270, 64, 601}, {20, 2100, 64}, {600, 20, 352},
                                                   {1, 37, 4256},   {6, 21, 2208},  {1, 45, 2304},
                                                   {3, 29, 4352},   {7, 13, 384}};
     uint32_t seed = 77;
@@ -326,7 +329,10 @@ TEST(Matmul, LargeShapesCrossAllTiles) {
 
 // The same bits on every run, and with 1 or 3 threads.
 TEST(Matmul, DeterministicAcrossRunsAndThreadCounts) {
-    const struct { int64_t M, N, K; } shapes[] = {{3, 200, 320}, {40, 200, 320}, {40, 77, 99}, {5, 77, 99}};
+    // {600, 20, 352}: few columns, so the rows are split (in whole row units:
+    // on AMX, 32 rows, whose last 24 run partly through the vdpbf16ps kernel).
+    const struct { int64_t M, N, K; } shapes[] = {{3, 200, 320}, {40, 200, 320}, {40, 77, 99}, {5, 77, 99},
+                                                  {600, 20, 352}};
     for (const auto & s : shapes)
         for (qlora_matmul_op op : {QLORA_MATMUL_FORWARD, QLORA_MATMUL_BACKWARD})
             for (qlora_dtype xd : {QLORA_DTYPE_F32, QLORA_DTYPE_BF16}) {
@@ -334,7 +340,8 @@ TEST(Matmul, DeterministicAcrossRunsAndThreadCounts) {
                        Dist::StudentT, 5};
                 Problem p(c);
                 const qlora_cpu_isa best = qlora_cpu_isa_detected();
-                for (qlora_cpu_isa isa : {QLORA_ISA_SCALAR, QLORA_ISA_AVX2, QLORA_ISA_AVX512, QLORA_ISA_AVX512_BF16}) {
+                for (qlora_cpu_isa isa : {QLORA_ISA_SCALAR, QLORA_ISA_AVX2, QLORA_ISA_AVX512, QLORA_ISA_AVX512_BF16,
+                                  QLORA_ISA_AMX_BF16}) {
                     if (isa > best) break;
                     Context one = make_context(QLORA_BACKEND_CPU, isa, 1);
                     Context three = make_context(QLORA_BACKEND_CPU, isa, 3);

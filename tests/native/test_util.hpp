@@ -60,7 +60,8 @@ struct BackendCase {
 inline std::vector<BackendCase> available_backends() {
     std::vector<BackendCase> out{{"ref", QLORA_BACKEND_REF, QLORA_ISA_SCALAR, 1}};
     const qlora_cpu_isa best = qlora_cpu_isa_detected();
-    for (qlora_cpu_isa isa : {QLORA_ISA_SCALAR, QLORA_ISA_AVX2, QLORA_ISA_AVX512, QLORA_ISA_AVX512_BF16}) {
+    for (qlora_cpu_isa isa : {QLORA_ISA_SCALAR, QLORA_ISA_AVX2, QLORA_ISA_AVX512, QLORA_ISA_AVX512_BF16,
+                                  QLORA_ISA_AMX_BF16}) {
         if (isa > best) break;
         for (int threads : {1, 3})
             out.push_back({std::string("cpu_") + qlora_cpu_isa_name(isa) + "_t" + std::to_string(threads),

@@ -38,6 +38,7 @@ QLORA_API qlora_status qlora_context_create(const qlora_context_params * params,
         switch (isa_raw) {
             case QLORA_ISA_BEST: break;
             case QLORA_ISA_SCALAR: case QLORA_ISA_AVX2: case QLORA_ISA_AVX512: case QLORA_ISA_AVX512_BF16:
+            case QLORA_ISA_AMX_BF16:
                 isa = static_cast<qlora_cpu_isa>(isa_raw);
                 if (isa > have)
                     fail(QLORA_ERROR_UNSUPPORTED, "ISA %s requested but this CPU supports at most %s",

@@ -8,6 +8,8 @@
 #endif
 #if defined(__linux__)
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace qlora {
@@ -19,6 +21,20 @@ unsigned long long xgetbv0() {
     unsigned int eax, edx;
     __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
     return (static_cast<unsigned long long>(edx) << 32) | eax;
+}
+
+// The AMX tile state: XCR0 must enable XTILECFG and XTILEDATA (bits 17, 18),
+// and Linux (5.16+) hands the 8 KB tile data state to a process only on
+// request (arch_prctl ARCH_REQ_XCOMP_PERM); the grant covers every thread of
+// the process, those started later included. Any failure means no AMX.
+bool amx_usable(unsigned long long xcr0) {
+    if ((xcr0 & 0x60000) != 0x60000) return false;
+#if defined(__linux__)
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
 }
 
 qlora_cpu_isa detect_uncached() {
@@ -38,9 +54,11 @@ qlora_cpu_isa detect_uncached() {
     const bool avx512vnni = (ecx >> 11) & 1; // every AVX512-BF16 CPU so far has it; the int8 matvec needs it
     if (!(avx2 && fma && f16c)) return QLORA_ISA_SCALAR;
     if (!(zmm_state && avx512f && avx512dq && avx512bw && avx512vl)) return QLORA_ISA_AVX2;
+    const bool amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1;
     __cpuid_count(7, 1, eax, ebx, ecx, edx);
     const bool avx512bf16 = (eax >> 5) & 1;
-    return avx512bf16 && avx512vnni ? QLORA_ISA_AVX512_BF16 : QLORA_ISA_AVX512;
+    if (!(avx512bf16 && avx512vnni)) return QLORA_ISA_AVX512;
+    return amx_bf16 && amx_tile && amx_usable(xcr0) ? QLORA_ISA_AMX_BF16 : QLORA_ISA_AVX512_BF16;
 }
 #else
 qlora_cpu_isa detect_uncached() { return QLORA_ISA_SCALAR; }
@@ -61,6 +79,7 @@ const char * cpu_isa_name_raw(int32_t isa) {
         case QLORA_ISA_AVX2: return "avx2";
         case QLORA_ISA_AVX512: return "avx512";
         case QLORA_ISA_AVX512_BF16: return "avx512_bf16";
+        case QLORA_ISA_AMX_BF16: return "amx_bf16";
         case QLORA_ISA_BEST: return "best";
     }
     return "unknown";

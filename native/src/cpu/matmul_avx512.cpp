@@ -973,9 +973,110 @@ struct OpsBF16 : OpsBase<uint32_t> {
     }
 };
 
+// ---------------------------------------------------------------------------
+// AMX (QLORA_ISA_AMX_BF16): OpsBF16's panels multiplied by tdpbf16ps. Bp's
+// rows of 32 bf16 pairs are two B tiles side by side (16 pairs x 16 lanes,
+// a stride of 128 bytes), Sp's (or x's own) rows of pairs are A tiles
+// (16 rows x 16 pairs), and Cacc holds four 16 x 16 fp32 C tiles per 32 rows
+// x 32 lanes, loaded and stored once per reduction block. Rows past the last
+// whole 16 and reduction steps past the last whole 16 pairs (only where the
+// reduction is not a multiple of 32) go through OpsBF16's vdpbf16ps kernel:
+// which rows and steps those are depends only on M and the reduction length,
+// never on the thread split, so results stay the same for every thread count.
+
+struct AmxTileConfig {
+    uint8_t  palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t  rows[16];
+};
+
+struct OpsAMX : OpsBF16 {
+    static constexpr int kRows = 32, kMC = 512;
+
+    // Every tile 16 rows x 64 bytes: tmm0-3 C, tmm4-5 A, tmm6-7 B.
+    __attribute__((target("amx-tile"))) static void gemm_begin() {
+        alignas(64) AmxTileConfig cfg{};
+        cfg.palette = 1;
+        for (int t = 0; t < 8; ++t) {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        // The asm, not _tile_loadconfig: GCC 12 does not see that builtin read
+        // the struct and dropped the stores of colsb and rows (tiles of 0 rows,
+        // then SIGILL on the first tile instruction).
+        __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+    }
+    __attribute__((target("amx-tile"))) static void gemm_end() { _tile_release(); }
+
+    // C[16 G rows][32] (+)= Sp[16 G rows][ks pairs] . Bp[ks][32], ks % 16 == 0.
+    template <int G>
+    __attribute__((target("amx-tile,amx-bf16"))) static void tiles(const uint32_t * Bp, const uint32_t * Sp,
+                                                                    int64_t sps, int ks, float * C, int64_t ldc,
+                                                                    bool first) {
+        const int64_t cs = ldc * 4, as = sps * 4;
+        if (first) {
+            _tile_zero(0);
+            _tile_zero(1);
+            if constexpr (G == 2) {
+                _tile_zero(2);
+                _tile_zero(3);
+            }
+        } else {
+            _tile_loadd(0, C, cs);
+            _tile_loadd(1, C + 16, cs);
+            if constexpr (G == 2) {
+                _tile_loadd(2, C + 16 * ldc, cs);
+                _tile_loadd(3, C + 16 * ldc + 16, cs);
+            }
+        }
+        for (int k = 0; k < ks; k += 16) {
+            _tile_loadd(6, Bp + 32 * k, 128);
+            _tile_loadd(7, Bp + 32 * k + 16, 128);
+            _tile_loadd(4, Sp + k, as);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            if constexpr (G == 2) {
+                _tile_loadd(5, Sp + 16 * sps + k, as);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        _tile_stored(0, C, cs);
+        _tile_stored(1, C + 16, cs);
+        if constexpr (G == 2) {
+            _tile_stored(2, C + 16 * ldc, cs);
+            _tile_stored(3, C + 16 * ldc + 16, cs);
+        }
+    }
+
+    // OpsBF16's kernel on rows [0, R) in pieces of at most its 12 rows.
+    template <int R>
+    static void rows_bf16(const uint32_t * Bp, const uint32_t * Sp, int64_t sps, int steps, float * C, int64_t ldc,
+                          bool first) {
+        if constexpr (R > 0) {
+            constexpr int P = R < OpsBF16::kRows ? R : OpsBF16::kRows;
+            OpsBF16::kernel<P>(Bp, Sp, sps, steps, C, ldc, first);
+            rows_bf16<R - P>(Bp, Sp + P * sps, sps, steps, C + P * ldc, ldc, first);
+        }
+    }
+
+    template <int R>
+    static void kernel(const uint32_t * Bp, const uint32_t * Sp, int64_t sps, int steps, float * C, int64_t ldc,
+                       bool first) {
+        constexpr int G = R / 16;
+        const int ks = G > 0 ? steps & ~15 : 0;
+        if constexpr (G > 0)
+            if (ks > 0) tiles<G>(Bp, Sp, sps, ks, C, ldc, first);
+        if (ks < steps) // the reduction's last steps of the tile rows
+            rows_bf16<16 * G>(Bp + 32 * ks, Sp + ks, sps, steps - ks, C, ldc, first && ks == 0);
+        rows_bf16<R - 16 * G>(Bp, Sp + 16 * G * sps, sps, steps, C + 16 * G * ldc, ldc, first);
+    }
+};
+
 } // namespace
 } // namespace avx512
 
+void q4_matmul_amx_bf16(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsAMX>(ctx, a); }
 void q4_matmul_avx512(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsF32>(ctx, a); }
 void q4_matmul_avx512_bf16(qlora_context & ctx, const MatmulArgs & a) { avx512::run<avx512::OpsBF16>(ctx, a); }
 

@@ -45,9 +45,11 @@ void q4_matmul_portable(qlora_context & ctx, const MatmulArgs & a) { portable::r
 void q4_matmul(qlora_context & ctx, const MatmulArgs & a) {
 #if defined(QLORA_X86)
     switch (ctx.isa) {
+        case QLORA_ISA_AMX_BF16:
         case QLORA_ISA_AVX512_BF16:
             if (a.int8_x && q4_matvec_int8_avx512(ctx, a)) return;
-            if (a.x_dtype == QLORA_DTYPE_BF16) return q4_matmul_avx512_bf16(ctx, a);
+            if (a.x_dtype == QLORA_DTYPE_BF16)
+                return ctx.isa == QLORA_ISA_AMX_BF16 ? q4_matmul_amx_bf16(ctx, a) : q4_matmul_avx512_bf16(ctx, a);
             return q4_matmul_avx512(ctx, a);
         case QLORA_ISA_AVX512: return q4_matmul_avx512(ctx, a);
         case QLORA_ISA_AVX2: return q4_matmul_avx2(ctx, a);

@@ -346,6 +346,7 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
     const int64_t mc_even = static_cast<int64_t>(round_up(static_cast<uint64_t>((m1 - m0 + nmb - 1) / nmb), ROWS));
 
     const int NC = plan.nc;
+    Ops::gemm_begin();
     for (int64_t cb = c0; cb < c1; cb += NC) {
         const int nc = static_cast<int>(std::min<int64_t>(NC, c1 - cb));
         for (int64_t mb = m0; mb < m1; mb += mc_even) {
@@ -387,6 +388,7 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
             store_rows(a, Cacc, NC, mb, mc, cb, nc, !fwd && fast, [](int p) { return Ops::perm(p); });
         }
     }
+    Ops::gemm_end();
 }
 
 // ---------------------------------------------------------------------------
@@ -552,6 +554,9 @@ struct OpsBase {
     static constexpr bool kMvQuads = false; // matvec layout: 32-chunks only (see mv_elem)
     static constexpr bool kMvBf16 = false;  // no bf16 matvec for bf16 x (see mv_elem_bf16)
     static constexpr bool kNestedWords = false; // WView::nested_words unused
+    // Around each thread's share of a GEMM (AMX: load the tile configuration, release the tiles).
+    static void gemm_begin() {}
+    static void gemm_end() {}
     static void matvec_fwd_bf16(const MatmulArgs &, const WView &, const uint16_t *, int64_t, int64_t) {}
     static void pack_x_natural(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, E * Sp, int sps) {
         pack_x_natural_generic<E>(a, m0, mc, r0, kc, Sp, sps);

@@ -58,7 +58,8 @@ Level level_of(const qlora_context & ctx) {
     switch (ctx.isa) {
         case QLORA_ISA_AVX2: return Level::Avx2;
         case QLORA_ISA_AVX512: return Level::Avx512;
-        case QLORA_ISA_AVX512_BF16: return Level::Avx512Bf16;
+        case QLORA_ISA_AVX512_BF16:
+        case QLORA_ISA_AMX_BF16: return Level::Avx512Bf16; // no tile code for quantization
         default: return Level::Portable;
     }
 #else
