@@ -16,7 +16,10 @@
 //    cmake --build build --target qlora -j2)
 //   g++ -O2 -Inative/include -o /tmp/ab scripts/ab/ab_matvec.cpp -ldl
 //   /tmp/ab /tmp/prev/build/native/libqlora.so artifacts/native/linux-x64-cpu/native/libqlora.so
-//           N K DQ INT8_X THREADS SECONDS [COPIES [M]]
+//           N K DQ INT8_X THREADS SECONDS [COPIES [M [X_DTYPE [OP]]]]
+//
+// X_DTYPE f32 (default) or bf16; OP fwd (default, y = x W^T) or bwd (y = x W,
+// x [M][N]). With M > 8 the GEMM runs, and GFLOP/s are printed too.
 //
 // COPIES (default 1) copies of W per build: 1 keeps a small W in cache, enough
 // copies to exceed the L3 measure the stream from DRAM. With COPIES = 1 the
@@ -30,7 +33,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -58,7 +63,8 @@ double median(std::vector<double> v) {
 
 int main(int argc, char ** argv) {
     if (argc < 9) {
-        std::fprintf(stderr, "usage: %s LIB_A LIB_B N K DQ(0|1) INT8_X(0|1) THREADS SECONDS [COPIES [M]]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s LIB_A LIB_B N K DQ(0|1) INT8_X(0|1) THREADS SECONDS [COPIES [M [f32|bf16 [fwd|bwd]]]]\n",
+                     argv[0]);
         return 2;
     }
     const int64_t N = std::atoll(argv[3]), K = std::atoll(argv[4]);
@@ -66,6 +72,9 @@ int main(int argc, char ** argv) {
     const double secs = std::atof(argv[8]);
     const int copies = argc > 9 ? std::atoi(argv[9]) : 1;
     const int64_t M = argc > 10 ? std::atoll(argv[10]) : 1;
+    const bool bf16 = argc > 11 && std::string(argv[11]) == "bf16";
+    const bool bwd = argc > 12 && std::string(argv[12]) == "bwd";
+    const int64_t XC = bwd ? N : K, YC = bwd ? K : N; // x and y columns
     if (N <= 0 || K <= 0 || K % 64 != 0 || copies <= 0 || threads <= 0 || M <= 0) {
         std::fprintf(stderr, "N, K (a multiple of 64), THREADS, COPIES and M must be positive\n");
         return 2;
@@ -86,12 +95,18 @@ int main(int argc, char ** argv) {
         for (auto & b : qabsmax[static_cast<size_t>(c)]) b = static_cast<uint8_t>(rng());
     }
     std::vector<float> nested(static_cast<size_t>(nnb)), absmax(static_cast<size_t>(nb)), code(16), map(256);
-    std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
+    std::vector<float> x(static_cast<size_t>(M * XC)), y(static_cast<size_t>(M * YC));
+    std::vector<uint16_t> xh(x.size());
     std::uniform_real_distribution<float> u(0.5f, 1.5f);
     std::normal_distribution<float> g(0.0f, 1.0f);
     for (auto & a : nested) a = 0.01f * u(rng);
     for (auto & a : absmax) a = 0.02f * u(rng);
     for (auto & v : x) v = g(rng);
+    for (size_t i = 0; i < x.size(); ++i) { // bf16 x: x rounded to bf16 (truncated)
+        uint32_t u32;
+        std::memcpy(&u32, &x[i], 4);
+        xh[i] = static_cast<uint16_t>(u32 >> 16);
+    }
     qlora_context_t ctx[2];
     std::vector<qlora_q4_tensor_t> w[2];
     for (int l = 0; l < 2; ++l) {
@@ -123,14 +138,15 @@ int main(int argc, char ** argv) {
         }
     }
     qlora_view xv{};
-    xv.data = x.data();
-    xv.dtype = QLORA_DTYPE_F32;
+    xv.data = bf16 ? static_cast<void *>(xh.data()) : static_cast<void *>(x.data());
+    xv.dtype = bf16 ? QLORA_DTYPE_BF16 : QLORA_DTYPE_F32;
     xv.device = QLORA_DEVICE_HOST;
     xv.rows = M;
-    xv.cols = K;
+    xv.cols = XC;
     qlora_view yv = xv;
     yv.data = y.data();
-    yv.cols = N;
+    yv.dtype = QLORA_DTYPE_F32;
+    yv.cols = YC;
     std::vector<double> ratio, ts[2];
     size_t calls[2] = {0, 0};
     std::vector<float> first[2];
@@ -141,6 +157,7 @@ int main(int argc, char ** argv) {
             const int l = (it & 1) ? 1 - k : k;
             qlora_matmul_params p = SYM(lib[l], qlora_matmul_default_params)();
             p.int8_x = int8;
+            if (bwd) p.op = QLORA_MATMUL_BACKWARD;
             for (int warm = 1; warm >= 0; --warm) {
                 const auto t0 = clk::now();
                 if (SYM(lib[l], qlora_q4_matmul)(ctx[l], &xv, w[l][calls[l]++ % static_cast<size_t>(copies)], &yv, &p) !=
@@ -163,6 +180,9 @@ int main(int argc, char ** argv) {
                 "(median of %zu rounds)",
                 static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), dq, int8, threads, copies,
                 bytes / median(ts[0]) / 1e9, bytes / median(ts[1]) / 1e9, median(ratio), ratio.size());
+    if (M > 8)
+        std::printf(", A %.1f GFLOP/s, B %.1f GFLOP/s", 2.0 * M * N * K / median(ts[0]) / 1e9,
+                    2.0 * M * N * K / median(ts[1]) / 1e9);
     if (copies == 1) std::printf(", max |yA - yB| %.3g", diff);
     std::printf("\n");
     for (int l = 0; l < 2; ++l) {
