@@ -266,6 +266,21 @@ void BM_Q4(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, in
         benchmark::Counter(2.0 * M * s.N * s.K, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Unquantized W, one per shape and precision (cached: hundreds of MB), made
+// when `make`.
+std::vector<float> & dense_wf(const Shape & s, bool make) {
+    static std::map<std::pair<int64_t, int64_t>, std::vector<float>> cache;
+    std::vector<float> & w = cache[{s.K, s.N}];
+    if (make && w.empty()) w.assign(static_cast<size_t>(s.N * s.K), 0.01f);
+    return w;
+}
+std::vector<uint16_t> & dense_wh(const Shape & s, bool make) {
+    static std::map<std::pair<int64_t, int64_t>, std::vector<uint16_t>> cache;
+    std::vector<uint16_t> & w = cache[{s.K, s.N}];
+    if (make && w.empty()) w.assign(static_cast<size_t>(s.N * s.K), 0x3c23);
+    return w;
+}
+
 void BM_Dense(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16, bool dequantize, int threads) {
     if ((!bf16 && !mkl().sgemm) || (bf16 && !mkl().gemm_bf16)) {
         state.SkipWithError(mkl().status.c_str());
@@ -274,13 +289,8 @@ void BM_Dense(benchmark::State & state, Shape s, int64_t M, bool fwd, bool bf16,
     const int64_t in = fwd ? s.K : s.N, out = fwd ? s.N : s.K;
     std::vector<float> xf(static_cast<size_t>(M * in), 0.01f), y(static_cast<size_t>(M * out));
     std::vector<uint16_t> xh(static_cast<size_t>(M * in), 0x3c23);
-    // unquantized W, one per shape and precision (cached: hundreds of MB)
-    static std::map<std::pair<int64_t, int64_t>, std::vector<float>> f32_cache;
-    static std::map<std::pair<int64_t, int64_t>, std::vector<uint16_t>> bf16_cache;
-    std::vector<float> & Wf = f32_cache[{s.K, s.N}];
-    std::vector<uint16_t> & Wh = bf16_cache[{s.K, s.N}];
-    if (bf16 && Wh.empty()) Wh.assign(static_cast<size_t>(s.N * s.K), 0x3c23);
-    if (!bf16 && Wf.empty()) Wf.assign(static_cast<size_t>(s.N * s.K), 0.01f);
+    std::vector<float> & Wf = dense_wf(s, !bf16);
+    std::vector<uint16_t> & Wh = dense_wh(s, bf16);
     qlora_q4_tensor_t q = weights(s).copies[0].get();
     qlora_view wv = bf16 ? view(Wh.data(), QLORA_DTYPE_BF16, s.N, s.K) : view(Wf.data(), QLORA_DTYPE_F32, s.N, s.K);
     if (mkl().set_threads) mkl().set_threads(&threads);
@@ -532,6 +542,84 @@ void BM_M1Interleaved(benchmark::State & state, Shape s) {
     benchmark::DoNotOptimize(sink);
 }
 
+// M = 512 (training) against MKL in the same seconds: the machine's speed
+// moves by up to 3x within minutes (AMX on a Xeon VM: 410-455 vs 1180-1320
+// GFLOP/s per core in a plain tile loop), so each round times one call of
+// ours and one of MKL's dense GEMM of the same precision, in alternating
+// order, with a 10 ms pause after each call (MKL's OpenMP threads spin for a
+// while after a call, and would take the cores from the next one; our pool's
+// wake-up, ~50 us, is noise at these sizes). Ratio = the median over rounds
+// of MKL's time / ours.
+constexpr int kGemmRounds = 12;
+constexpr int64_t kGemmM = 512;
+struct GemmInterleaved {
+    std::vector<double> ours, dense, ratio;
+};
+std::map<std::string, GemmInterleaved> & gemm_interleaved() {
+    static std::map<std::string, GemmInterleaved> r;
+    return r;
+}
+void BM_GemmInterleaved(benchmark::State & state, Shape s) {
+    if (!mkl().sgemm || !mkl().gemm_bf16) {
+        state.SkipWithError(mkl().status.c_str());
+        return;
+    }
+    Weights & w = weights(s);
+    qlora_context_t c = ctx(kThreads);
+    if (mkl().set_threads) {
+        const int all = kThreads;
+        mkl().set_threads(&all);
+    }
+    for (auto _ : state)
+        for (bool fwd : {true, false})
+            for (bool bf16 : {false, true}) {
+                const int64_t in = fwd ? s.K : s.N, out = fwd ? s.N : s.K, M = kGemmM;
+                const qlora_dtype dt = bf16 ? QLORA_DTYPE_BF16 : QLORA_DTYPE_F32;
+                std::vector<float> xf(static_cast<size_t>(M * in), 0.01f), yf(static_cast<size_t>(M * out));
+                std::vector<uint16_t> xh(static_cast<size_t>(M * in), 0x3c23);
+                qlora_view xv = bf16 ? view(xh.data(), dt, M, in) : view(xf.data(), dt, M, in);
+                qlora_view yv = view(yf.data(), QLORA_DTYPE_F32, M, out);
+                qlora_matmul_params p = qlora_matmul_default_params();
+                p.op = fwd ? QLORA_MATMUL_FORWARD : QLORA_MATMUL_BACKWARD;
+                std::vector<float> & Wf = dense_wf(s, !bf16);
+                std::vector<uint16_t> & Wh = dense_wh(s, bf16);
+                auto ours = [&] {
+                    if (qlora_q4_matmul(c, &xv, w.copies[0].get(), &yv, &p) != QLORA_OK)
+                        state.SkipWithError(qlora_last_error());
+                };
+                auto dense = [&] {
+                    if (bf16) dense_bf16(fwd, M, s.N, s.K, xh.data(), Wh.data(), yf.data());
+                    else dense_f32(fwd, static_cast<int>(M), static_cast<int>(s.N), static_cast<int>(s.K), xf.data(),
+                                   Wf.data(), yf.data());
+                    benchmark::DoNotOptimize(yf.data());
+                };
+                auto clock = [](auto && body) {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    body();
+                    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                    return dt;
+                };
+                GemmInterleaved & r = gemm_interleaved()[key("gemm", fwd, bf16, M, s, kThreads)];
+                r = GemmInterleaved{};
+                clock(ours); // first calls: scratch, page faults, MKL's buffers
+                clock(dense);
+                for (int round = 0; round < kGemmRounds; ++round) {
+                    double to, td;
+                    if (round & 1) {
+                        td = clock(dense);
+                        to = clock(ours);
+                    } else {
+                        to = clock(ours);
+                        td = clock(dense);
+                    }
+                    r.ours.push_back(to);
+                    r.dense.push_back(td);
+                    r.ratio.push_back(td / to);
+                }
+            }
+}
+
 // The physical limit per core: fp32 FMA and bf16 dot-product throughput
 // (24 independent accumulators, thread CPU time).
 #if defined(__x86_64__)
@@ -671,6 +759,28 @@ void BM_Table(benchmark::State & state) {
                         i1 / st, i0 / rd, i1 / rd);
         }
     }
+    if (!gemm_interleaved().empty()) {
+        std::printf("\nM = %lld interleaved (Matmul/gemm_interleaved): %d rounds of one call of ours and one of MKL's "
+                    "dense GEMM of the same precision (alternating order, a 10 ms pause after each call), %d "
+                    "threads; GFLOP/s from the median times; 'vs dense' = the median over rounds of MKL's time / "
+                    "ours (min-max over rounds after it):\n\n",
+                    static_cast<long long>(kGemmM), kGemmRounds, kThreads);
+        std::printf("| op  | act  |    K  |     N | q4 GFLOP/s | dense GFLOP/s | vs dense | rounds' min-max |\n");
+        std::printf("|-----|------|-------|-------|-----------:|--------------:|---------:|----------------:|\n");
+        for (bool fwd : {true, false})
+            for (bool bf16 : {false, true})
+                for (const Shape & s : kShapes) {
+                    auto it = gemm_interleaved().find(key("gemm", fwd, bf16, kGemmM, s, kThreads));
+                    if (it == gemm_interleaved().end() || it->second.ratio.empty()) continue;
+                    const GemmInterleaved & g = it->second;
+                    const double flop = 2.0 * kGemmM * s.N * s.K;
+                    const auto mm = std::minmax_element(g.ratio.begin(), g.ratio.end());
+                    std::printf("| %s | %s | %5lld | %5lld | %10.1f | %13.1f | %7.2fx | %6.2f-%.2f |\n",
+                                fwd ? "fwd" : "bwd", bf16 ? "bf16" : "f32 ", static_cast<long long>(s.K),
+                                static_cast<long long>(s.N), flop / median(g.ours) / 1e9, flop / median(g.dense) / 1e9,
+                                median(g.ratio), *mm.first, *mm.second);
+                }
+    }
     const double pf = get("peak/f32"), pb = get("peak/bf16");
     std::printf("\nOne thread, thread CPU time (kernel efficiency, robust to time-slicing on a shared machine). "
                 "Peak per core, measured: fp32 FMA %.1f GFLOP/s, bf16 vdpbf16ps %.1f GFLOP/s.\n\n",
@@ -756,6 +866,11 @@ int register_all() {
             return benchmark::RegisterBenchmark(n.c_str(), BM_Dense, s, M, fwd, bf16, false, 1);
         },
         false);
+    for (const Shape & s : kShapes)
+        benchmark::RegisterBenchmark(("Matmul/gemm_interleaved/K" + std::to_string(s.K) + "/N" + std::to_string(s.N)).c_str(),
+                                     BM_GemmInterleaved, s)
+            ->UseRealTime()
+            ->Iterations(1);
     benchmark::RegisterBenchmark("Matmul/core/peak/f32", BM_Peak, false)->MinTime(0.2);
     benchmark::RegisterBenchmark("Matmul/core/peak/bf16", BM_Peak, true)->MinTime(0.2);
     benchmark::RegisterBenchmark("Matmul/table", BM_Table)->Iterations(1)->Repetitions(1);
