@@ -779,6 +779,28 @@ inline void bwd_row_scales(const WView & w, int64_t n0, int nr, int64_t k0, floa
 }
 
 // ---------------------------------------------------------------------------
+// The micro-kernels' R rows of Sp, addressed as base + {0, 1, 2} x stride from
+// one base per 3 rows: 4 bases and a stride for 12 rows. One pointer per row
+// (12 of them, with Bp, the index and the frame pointer) did not fit in the
+// 16 general registers: GCC reloaded a row pointer from the stack in every
+// reduction step, and the FMA that waited on it was the kernel's hottest
+// instruction on a Xeon.
+template <int R>
+struct SpRows {
+    const char * base[(R + 2) / 3];
+    int64_t      stride; // bytes
+
+    SpRows(const void * sp, int64_t stride_bytes) : stride(stride_bytes) {
+        for (int q = 0; q < (R + 2) / 3; ++q) base[q] = static_cast<const char *>(sp) + 3 * q * stride_bytes;
+    }
+    // Element r (of type T) of row j.
+    template <class T>
+    T at(int j, int r) const {
+        return *reinterpret_cast<const T *>(base[j / 3] + (j % 3) * stride + int64_t{r} * int64_t{sizeof(T)});
+    }
+};
+
+// ---------------------------------------------------------------------------
 // fp32 tiles: Bp [KC][32] floats, Sp [rows][KC] floats, C tile 12 x 32.
 
 struct OpsF32 : OpsBase<float> {
@@ -833,13 +855,12 @@ struct OpsF32 : OpsBase<float> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
-        const float * row[R];
-        for (int j = 0; j < R; ++j) row[j] = Sp + j * sps;
+        const SpRows<R> rows(Sp, sps * int64_t{sizeof(float)});
         for (int r = 0; r < steps; ++r) {
             const __m512 b0 = _mm512_load_ps(Bp + 32 * r), b1 = _mm512_load_ps(Bp + 32 * r + 16);
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512 s = _mm512_set1_ps(row[j][r]);
+                const __m512 s = _mm512_set1_ps(rows.template at<float>(j, r));
                 c0[j] = _mm512_fmadd_ps(b0, s, c0[j]);
                 c1[j] = _mm512_fmadd_ps(b1, s, c1[j]);
             }
@@ -940,14 +961,13 @@ struct OpsBF16 : OpsBase<uint32_t> {
         }
         // Sp may be x's own bf16 memory, read here as pairs: a may_alias type.
         typedef uint32_t __attribute__((may_alias)) pair_t;
-        const pair_t * row[R];
-        for (int j = 0; j < R; ++j) row[j] = reinterpret_cast<const pair_t *>(Sp + j * sps);
+        const SpRows<R> rows(Sp, sps * int64_t{sizeof(uint32_t)});
         for (int r = 0; r < steps; ++r) {
             const __m512bh b0 = (__m512bh)(_mm512_load_si512(Bp + 32 * r));
             const __m512bh b1 = (__m512bh)(_mm512_load_si512(Bp + 32 * r + 16));
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(row[j][r])));
+                const __m512bh s = (__m512bh)(_mm512_set1_epi32(static_cast<int>(rows.template at<pair_t>(j, r))));
                 c0[j] = _mm512_dpbf16_ps(c0[j], b0, s);
                 c1[j] = _mm512_dpbf16_ps(c1[j], b1, s);
             }
