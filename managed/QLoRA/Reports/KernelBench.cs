@@ -29,8 +29,11 @@ public static class KernelBench
     /// <summary>Rows of X: a decode step, a small batch, a training micro-batch.</summary>
     public static readonly long[] Ms = [1, 16, 512];
 
-    /// <summary>M = 1 rotates over copies of W spanning at least this many bytes, so W comes from memory, not the cache.</summary>
-    public const long ColdBytes = 192L << 20;
+    /// <summary>
+    /// M = 1 rotates over copies of W spanning at least this many bytes, so W comes from memory, not the cache:
+    /// 4x the last-level cache (STREAM's rule), 192 MiB at least.
+    /// </summary>
+    public static readonly long ColdBytes = Math.Max(192L << 20, 4 * MachineInfo.LastLevelCacheBytes());
 
     /// <summary>One measured product.</summary>
     /// <param name="Op">"forward" or "backward".</param>
