@@ -340,7 +340,7 @@ sealed class Build
     void FuzzAll()
     {
         if (!Engine.IsLinuxX64) throw new BuildFailure($"fuzzing builds on linux-x64 only (this is {Engine.HostRid})");
-        Tools.Require(Tools.CMake, Tools.Clang14);
+        Tools.Require(Tools.CMake, Tools.Clang14, Tools.ClangRt);
         if (!int.TryParse(FuzzSeconds, NumberStyles.None, CultureInfo.InvariantCulture, out int seconds) || seconds < 1)
             throw new BuildFailure($"--fuzz-seconds {FuzzSeconds}: expected a whole number of seconds >= 1");
         var clock = Stopwatch.StartNew();
@@ -528,6 +528,11 @@ static class Tools
     public static readonly Tool CrossGxx = new("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "cross-compiles linux-arm64");
     public static readonly Tool Qemu = new("qemu-aarch64", "qemu-user", "runs the linux-arm64 tests");
     public static readonly Tool Clang14 = new("clang++-14", "clang-14", "CUDA host compiler; BindingGen's C parser");
+    // clang-14 itself does not bring libFuzzer's and the sanitizers' runtime archives (a fresh Debian 12 with
+    // clang-14 failed to link the fuzz targets: libclang_rt.asan_static-x86_64.a missing).
+    public static readonly Tool ClangRt = new("libclang_rt.fuzzer", "libclang-rt-14-dev", "clang-14's libFuzzer and sanitizer runtimes (fuzz)",
+        () => Directory.Exists("/usr/lib/llvm-14/lib/clang") &&
+              Directory.EnumerateFiles("/usr/lib/llvm-14/lib/clang", "libclang_rt.fuzzer-x86_64.a", SearchOption.AllDirectories).Any());
     public static readonly Tool Nvcc = new("nvcc", "nvidia-cuda-toolkit", "compiles the CUDA backend");
     public static readonly Tool BindingGen = new("clang-14", "clang-14 libclang1-14", "parses qlora.h for tools/BindingGen");
     public static readonly Tool Npm = new("npm", "npm", "fetches the default model and data (npm pack)");
