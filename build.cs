@@ -480,7 +480,11 @@ sealed class TestTally
             string? message = r.Descendants(ns + "Message").FirstOrDefault()?.Value;
             failures.Add($"{label}: {(string?)r.Attribute("testName")}: {FirstLine(message)}");
         }
-        Add(label, C("passed"), failed, C("notExecuted") + C("inconclusive"), exitCode);
+        // Skipped = every result neither passed nor failed. The TRX logger leaves notExecuted at 0 for ignored
+        // NUnit tests (their results say NotExecuted): counting it read 0 skipped where `dotnet test` printed
+        // "Skipped: 1".
+        int skipped = Math.Max(0, C("total") - C("passed") - failed);
+        Add(label, C("passed"), failed, skipped, exitCode);
     }
 
     public void AddCounts(string label, int p, int f, int s, int exitCode) => Add(label, p, f, s, exitCode);
