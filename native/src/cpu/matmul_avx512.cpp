@@ -806,7 +806,7 @@ struct SpRows {
 struct OpsF32 : OpsBase<float> {
     static constexpr bool kFast = true;
     static constexpr bool kNestedWords = true; // block_scales16
-    static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 256;
+    static constexpr int  kLanes = 32, kRows = 12, kKC = 256, kMC = 288, kNC = 512;
     static constexpr bool kFwdPermuted = false; // forward panels are in natural k order
     static int perm(int p) { return perm32(p); }
     static constexpr bool kMvQuads = MvLayout::kMvQuads;
@@ -844,8 +844,34 @@ struct OpsF32 : OpsBase<float> {
         }
     }
 
+    // x in panels of kRows rows: the panel of rows [mp, mp + 12) starts at
+    // Sp + mp * sps and holds element (r, j) = x[m0 + mp + j, r0 + r] at
+    // 12 r + j, so the micro-kernel reads one sequential stream.
+    static constexpr bool kXPanels = true;
+    static void pack_x_panels(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
+        const bool bf16 = a.x_dtype == QLORA_DTYPE_BF16;
+        for (int mp = 0; mp < mc; mp += kRows) {
+            const int R = std::min(kRows, mc - mp);
+            float * tile = Sp + static_cast<int64_t>(mp) * sps;
+            for (int k = 0; k < kc; k += 16) {
+                const int kv = std::min(16, kc - k);
+                const __mmask16 mk = static_cast<__mmask16>((1u << kv) - 1u);
+                __m512 v[16];
+                for (int i = 0; i < 16; ++i) {
+                    const int64_t at = (m0 + mp + i) * a.ldx + r0 + k;
+                    v[i] = i >= R ? _mm512_setzero_ps()
+                           : bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t *>(a.x) + at)), 16))
+                                  : _mm512_maskz_loadu_ps(mk, static_cast<const float *>(a.x) + at);
+                }
+                transpose16(v); // v[i]: column k + i of the 16 rows
+                for (int i = 0; i < kv; ++i) _mm512_mask_storeu_ps(tile + (k + i) * kRows, 0x0fff, v[i]);
+            }
+        }
+    }
+
     template <int R>
-    static void kernel(const float * Bp, const float * Sp, int64_t sps, int steps, float * C, int64_t ldc, bool first) {
+    static void kernel(const float * Bp, const float * Sp, int64_t, int steps, float * C, int64_t ldc, bool first) {
         __m512 c0[R], c1[R];
         if (first) {
             for (int j = 0; j < R; ++j) c0[j] = c1[j] = _mm512_setzero_ps();
@@ -855,12 +881,11 @@ struct OpsF32 : OpsBase<float> {
                 c1[j] = _mm512_load_ps(C + j * ldc + 16);
             }
         }
-        const SpRows<R> rows(Sp, sps * int64_t{sizeof(float)});
         for (int r = 0; r < steps; ++r) {
             const __m512 b0 = _mm512_load_ps(Bp + 32 * r), b1 = _mm512_load_ps(Bp + 32 * r + 16);
 #pragma GCC unroll 12
             for (int j = 0; j < R; ++j) {
-                const __m512 s = _mm512_set1_ps(rows.template at<float>(j, r));
+                const __m512 s = _mm512_set1_ps(Sp[kRows * r + j]);
                 c0[j] = _mm512_fmadd_ps(b0, s, c0[j]);
                 c1[j] = _mm512_fmadd_ps(b1, s, c1[j]);
             }

@@ -358,7 +358,9 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
                 const bool permuted_x = Ops::kFwdPermuted && fwd && fast;
                 const E * S = Sp;
                 int64_t sps = SPS;
-                if (x_direct<Ops>(a, permuted_x, kc)) {
+                if constexpr (Ops::kXPanels) {
+                    Ops::pack_x_panels(a, mb, mc, rb, kc, Sp, SPS);
+                } else if (x_direct<Ops>(a, permuted_x, kc)) {
                     S = reinterpret_cast<const E *>(static_cast<const char *>(a.x) +
                                                     (mb * a.ldx + rb) * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)));
                     sps = a.ldx * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)) / static_cast<int64_t>(sizeof(E));
@@ -554,6 +556,7 @@ struct OpsBase {
     static constexpr bool kMvQuads = false; // matvec layout: 32-chunks only (see mv_elem)
     static constexpr bool kMvBf16 = false;  // no bf16 matvec for bf16 x (see mv_elem_bf16)
     static constexpr bool kNestedWords = false; // WView::nested_words unused
+    static constexpr bool kXPanels = false;     // x packed in row panels (pack_x_panels), else rows
     // Around each thread's share of a GEMM (AMX: load the tile configuration, release the tiles).
     static void gemm_begin() {}
     static void gemm_end() {}
