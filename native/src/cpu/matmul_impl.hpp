@@ -243,14 +243,28 @@ void store_cols(const MatmulArgs & a, const float * C, int64_t ldc, int64_t m0, 
     }
 }
 
-// The same with col(p) = p, or permuted within 32-chunks by perm.
+// The same with col(p) = p, or permuted within 32-chunks by perm. A permuted
+// row is put back in order one whole 32-chunk at a time (perm(p) is a
+// constant in the unrolled copy), so that the alpha / beta / dtype loop runs
+// on consecutive columns: writing through col(p) element by element took 9 %
+// of a bf16 backward GEMM on AMX (M = 512, 4096 x 4096).
 template <class Perm>
 void store_rows(const MatmulArgs & a, const float * C, int64_t ldc, int64_t m0, int mc, int64_t c0, int nc,
                 bool permuted, Perm perm) {
-    if (permuted)
-        store_cols(a, C, ldc, m0, mc, c0, nc, [perm](int64_t p) { return (p & ~int64_t{31}) + perm(static_cast<int>(p & 31)); });
-    else
-        store_cols(a, C, ldc, m0, mc, c0, nc, [](int64_t p) { return p; });
+    if (!permuted) return store_cols(a, C, ldc, m0, mc, c0, nc, [](int64_t p) { return p; });
+    const int whole = nc & ~31;
+    alignas(64) float chunk[32];
+    for (int m = 0; m < mc; ++m) {
+        const float * c = C + static_cast<int64_t>(m) * ldc;
+        for (int p0 = 0; p0 < whole; p0 += 32) {
+#pragma GCC unroll 32
+            for (int p = 0; p < 32; ++p) chunk[perm(p)] = c[p0 + p];
+            store_cols(a, chunk, 0, m0 + m, 1, c0 + p0, 32, [](int64_t p) { return p; });
+        }
+    }
+    if (whole < nc) // a partial chunk (never in the fast modes, whose chunks are whole)
+        store_cols(a, C + whole, ldc, m0, mc, c0 + whole, nc - whole,
+                   [perm](int64_t p) { return (p & ~int64_t{31}) + perm(static_cast<int>(p & 31)); });
 }
 
 // Matvec lane layouts. A 32-chunk holds its elements in Ops::perm order. Ops
