@@ -19,7 +19,9 @@
 //           N K DQ INT8_X THREADS SECONDS [COPIES [M [X_DTYPE [OP]]]]
 //
 // X_DTYPE f32 (default) or bf16; OP fwd (default, y = x W^T) or bwd (y = x W,
-// x [M][N]). With M > 8 the GEMM runs, and GFLOP/s are printed too.
+// x [M][N]). With M > 8 the GEMM runs, and GFLOP/s are printed too. The
+// environment variable AB_ISA caps both builds' ISA (a qlora_cpu_isa value,
+// e.g. AB_ISA=3 for avx512_bf16 on an AMX CPU).
 //
 // COPIES (default 1) copies of W per build: 1 keeps a small W in cache, enough
 // copies to exceed the L3 measure the stream from DRAM. With COPIES = 1 the
@@ -114,6 +116,7 @@ int main(int argc, char ** argv) {
         SYM(lib[l], qlora_q8_dynamic_map)(map.data());
         qlora_context_params cp = SYM(lib[l], qlora_context_default_params)();
         cp.n_threads = threads;
+        if (const char * isa = std::getenv("AB_ISA")) cp.max_isa = static_cast<qlora_cpu_isa>(std::atoi(isa));
         if (SYM(lib[l], qlora_context_create)(&cp, &ctx[l]) != QLORA_OK) return 1;
         for (int c = 0; c < copies; ++c) {
             qlora_q4_parts parts{};

@@ -339,7 +339,7 @@ void kernel_dispatch_impl(int r, const typename Ops::Elem * Bp, const typename O
 // so no pair reaches past the row).
 template <class Ops>
 bool x_direct(const MatmulArgs & a, bool permuted_x, int kc) {
-    if (permuted_x) return false;
+    if (permuted_x || !Ops::kXDirect) return false;
     if constexpr (std::is_same_v<typename Ops::Elem, float>) return a.x_dtype == QLORA_DTYPE_F32;
     else return a.x_dtype == QLORA_DTYPE_BF16 && a.ldx % 2 == 0 && kc % 2 == 0;
 }
@@ -571,6 +571,7 @@ struct OpsBase {
     static constexpr bool kMvBf16 = false;  // no bf16 matvec for bf16 x (see mv_elem_bf16)
     static constexpr bool kNestedWords = false; // WView::nested_words unused
     static constexpr bool kXPanels = false;     // x packed in row panels (pack_x_panels), else rows
+    static constexpr bool kXDirect = true;      // rows read from x itself where its layout fits (x_direct)
     // Around each thread's share of a GEMM (AMX: load the tile configuration, release the tiles).
     static void gemm_begin() {}
     static void gemm_end() {}
