@@ -302,6 +302,14 @@ inline void store_one(const MatmulArgs & a, int64_t m, int64_t c, float acc) {
 // ---------------------------------------------------------------------------
 // GEMM (M > 8).
 
+// Rows of x per block: Ops::block_rows() where the Ops sizes it at run time
+// (from the machine's L2), else Ops::kMC. The bits do not depend on it.
+template <class Ops>
+int block_rows() {
+    if constexpr (requires { Ops::block_rows(); }) return Ops::block_rows();
+    else return Ops::kMC;
+}
+
 template <class Ops>
 struct GemmPlan {
     using E = typename Ops::Elem;
@@ -312,11 +320,12 @@ struct GemmPlan {
     size_t  total() const { return cacc_bytes + sp_bytes + bp_bytes + tmp_bytes; }
 
     GemmPlan(int64_t M) {
-        const int64_t nmb = (M + Ops::kMC - 1) / Ops::kMC;
+        const int64_t kmc = block_rows<Ops>();
+        const int64_t nmb = (M + kmc - 1) / kmc;
         mc_max = static_cast<int>(round_up(static_cast<uint64_t>((M + nmb - 1) / nmb), Ops::kRows));
         // Few rows: wider column blocks (same accumulator bytes), so x is packed fewer times.
         nc = static_cast<int>(std::max<int64_t>(
-            Ops::kNC, std::min<int64_t>(8 * Ops::kNC, Ops::kNC * int64_t{Ops::kMC} / mc_max / Ops::kLanes * Ops::kLanes)));
+            Ops::kNC, std::min<int64_t>(8 * Ops::kNC, Ops::kNC * kmc / mc_max / Ops::kLanes * Ops::kLanes)));
         cacc_bytes = round_up(sizeof(float) * static_cast<size_t>(mc_max) * nc, 64);
         sp_bytes = round_up(sizeof(E) * static_cast<size_t>(mc_max) * kSteps, 64);
         bp_bytes = round_up(sizeof(E) * static_cast<size_t>(kSteps) * Ops::kLanes, 64);
