@@ -1091,7 +1091,9 @@ struct AmxTileConfig {
 
 struct OpsAMX : OpsBF16 {
     // kMC: 256 rows per block measured x1.05-1.08 over 512 (M = 512 in one
-    // block, W decoded once) and x1.03-1.06 over 128 (ab_matvec, 2 threads).
+    // block, W decoded once) and x1.03-1.06 over 128 (ab_matvec, 2 threads),
+    // with tiles loaded from x itself; with x copied into Sp, 512 ran the same
+    // as 256.
     static constexpr int kRows = 32, kMC = 256;
     // x rows copied into Sp (KC bf16 = 1 KB apart) rather than loaded as tiles
     // from x itself (K x 2 bytes apart, 8 KB for K = 4096): x1.21-1.32 with

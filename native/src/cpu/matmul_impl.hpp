@@ -10,8 +10,9 @@
 //    (red = N, cols = K). Lanes of the micro-kernel run along cols, so y rows
 //    are written in order; x values are broadcast.
 //  - M > 8 (GEMM): for each block of cols (NC) x rows of x (MC) x reduction
-//    (KC): x is packed once into Sp [MC][KC], and W is decoded one lane panel
-//    at a time into Bp [KC][LANES] (fp32 or bf16 pairs), which the register
+//    (KC): x is packed once into Sp [MC][KC] (rows, or panels of kRows rows
+//    with kXPanels; some Ops read x's rows in place), and W is decoded one
+//    lane panel at a time into Bp [KC][LANES] (fp32 or bf16 pairs), which the register
 //    blocked micro-kernel multiplies with ROWS rows of Sp at a time into an fp32
 //    accumulator tile Cacc [MC][NC]. y is written once, at the end of the
 //    reduction (alpha, beta, dtype conversion). Scratch per thread: Cacc + Sp +
