@@ -361,6 +361,15 @@ struct Int8X {
     }
 };
 
+// x's elements [i, i + 16) as fp32 (bf16 x widened); lanes outside mk are 0
+// and not read.
+inline __m512 load_x16(const MatmulArgs & a, int64_t i, __mmask16 mk = 0xffff) {
+    if (a.x_dtype == QLORA_DTYPE_BF16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t *>(a.x) + i)), 16));
+    return _mm512_maskz_loadu_ps(mk, static_cast<const float *>(a.x) + i);
+}
+
 // x rows quantized into an Int8X; false if x holds a NaN or Inf. The same
 // fp32 operations as the REF backend (amax, 127 / amax, x * that rounded to
 // nearest even), 32 elements at a time.
@@ -370,19 +379,13 @@ bool quantize_x_int8(const MatmulArgs & a, float cmax, const Int8X & x) {
     const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
     const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
-    auto load16 = [&](int64_t i) {
-        if (a.x_dtype == QLORA_DTYPE_BF16)
-            return _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(static_cast<const uint16_t *>(a.x) + i))), 16));
-        return _mm512_loadu_ps(static_cast<const float *>(a.x) + i);
-    };
     for (int64_t m = 0; m < a.M; ++m) {
         float * xs = x.xs + m * x.nchp;
         float * bias = x.bias + m * x.nchp;
         uint8_t * rec = x.rec + m * x.nq * 128;
         float * xsl = x.xsl + m * x.nq * 16;
         for (int64_t c = 0; c < nch; ++c) {
-            const __m512 lo = load16(m * a.ldx + 32 * c), hi = load16(m * a.ldx + 32 * c + 16);
+            const __m512 lo = load_x16(a, m * a.ldx + 32 * c), hi = load_x16(a, m * a.ldx + 32 * c + 16);
             const __m512 alo = _mm512_abs_ps(lo), ahi = _mm512_abs_ps(hi);
             if ((_mm512_cmp_ps_mask(alo, fmax, _CMP_LE_OQ) & _mm512_cmp_ps_mask(ahi, fmax, _CMP_LE_OQ)) != 0xffff) return false;
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(alo, ahi));
@@ -870,7 +873,6 @@ struct OpsF32 : OpsBase<float> {
     // 12 r + j, so the micro-kernel reads one sequential stream.
     static constexpr bool kXPanels = true;
     static void pack_x_panels(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
-        const bool bf16 = a.x_dtype == QLORA_DTYPE_BF16;
         for (int mp = 0; mp < mc; mp += kRows) {
             const int R = std::min(kRows, mc - mp);
             float * tile = Sp + static_cast<int64_t>(mp) * sps;
@@ -878,13 +880,8 @@ struct OpsF32 : OpsBase<float> {
                 const int kv = std::min(16, kc - k);
                 const __mmask16 mk = static_cast<__mmask16>((1u << kv) - 1u);
                 __m512 v[16];
-                for (int i = 0; i < 16; ++i) {
-                    const int64_t at = (m0 + mp + i) * a.ldx + r0 + k;
-                    v[i] = i >= R ? _mm512_setzero_ps()
-                           : bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t *>(a.x) + at)), 16))
-                                  : _mm512_maskz_loadu_ps(mk, static_cast<const float *>(a.x) + at);
-                }
+                for (int i = 0; i < 16; ++i)
+                    v[i] = i < R ? load_x16(a, (m0 + mp + i) * a.ldx + r0 + k, mk) : _mm512_setzero_ps();
                 transpose16(v); // v[i]: column k + i of the 16 rows
                 for (int i = 0; i < kv; ++i) _mm512_mask_storeu_ps(tile + (k + i) * kRows, 0x0fff, v[i]);
             }
