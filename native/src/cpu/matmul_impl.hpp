@@ -10,13 +10,15 @@
 //    (red = N, cols = K). Lanes of the micro-kernel run along cols, so y rows
 //    are written in order; x values are broadcast.
 //  - M > 8 (GEMM): for each block of cols (NC) x rows of x (MC) x reduction
-//    (KC): x is packed once into Sp [MC][KC] (rows, or panels of kRows rows
-//    with kXPanels; some Ops read x's rows in place), and W is decoded one
+//    (KC): x's block is packed into Sp [MC][KC] (rows, or panels of kRows rows
+//    with kXPanels; some Ops read x's rows in place; where every block is
+//    packed, all of x is packed once per call, shared by the threads, up to
+//    kMaxPackedX), and W is decoded one
 //    lane panel at a time into Bp [KC][LANES] (fp32 or bf16 pairs), which the register
 //    blocked micro-kernel multiplies with ROWS rows of Sp at a time into an fp32
 //    accumulator tile Cacc [MC][NC]. y is written once, at the end of the
 //    reduction (alpha, beta, dtype conversion). Scratch per thread: Cacc + Sp +
-//    Bp, independent of N and K.
+//    Bp, independent of N and K; shared: x packed (at most M x K, capped).
 //  - M <= 8 (matvec): W is decoded in registers and streamed once.
 //  - "fast" mode (K % 32 == 0, SIMD ISAs): 32-element chunks of a W row never
 //    straddle a block or a byte, so they are decoded 16 or 32 at a time; the
@@ -320,7 +322,8 @@ struct GemmPlan {
     size_t  cacc_bytes, sp_bytes, bp_bytes, tmp_bytes;
     size_t  total() const { return cacc_bytes + sp_bytes + bp_bytes + tmp_bytes; }
 
-    GemmPlan(int64_t M) {
+    // x_blocks: each thread packs x's blocks itself (else x is packed once per call).
+    GemmPlan(int64_t M, bool x_blocks) {
         const int64_t kmc = block_rows<Ops>();
         const int64_t nmb = (M + kmc - 1) / kmc;
         mc_max = static_cast<int>(round_up(static_cast<uint64_t>((M + nmb - 1) / nmb), Ops::kRows));
@@ -328,7 +331,7 @@ struct GemmPlan {
         nc = static_cast<int>(std::max<int64_t>(
             Ops::kNC, std::min<int64_t>(8 * Ops::kNC, Ops::kNC * kmc / mc_max / Ops::kLanes * Ops::kLanes)));
         cacc_bytes = round_up(sizeof(float) * static_cast<size_t>(mc_max) * nc, 64);
-        sp_bytes = round_up(sizeof(E) * static_cast<size_t>(mc_max) * kSteps, 64);
+        sp_bytes = x_blocks ? round_up(sizeof(E) * static_cast<size_t>(mc_max) * kSteps, 64) : 0;
         bp_bytes = round_up(sizeof(E) * static_cast<size_t>(kSteps) * Ops::kLanes, 64);
         tmp_bytes = round_up(sizeof(float) * static_cast<size_t>(std::max(Ops::kKC, Ops::kLanes)), 64);
     }
@@ -354,10 +357,42 @@ bool x_direct(const MatmulArgs & a, bool permuted_x, int kc) {
     else return a.x_dtype == QLORA_DTYPE_BF16 && a.ldx % 2 == 0 && kc % 2 == 0;
 }
 
+// Whether the block of x for a reduction block of length kc is packed (else
+// the micro-kernel reads x's rows in place).
+template <class Ops>
+bool packs_x(const MatmulArgs & a, bool permuted_x, int kc) {
+    return Ops::kXPanels || !x_direct<Ops>(a, permuted_x, kc);
+}
+
+// Packs rows [mb, mb + mc) x reduction [rb, rb + kc) of x into Sp (row or
+// panel j at Sp + j * kSteps).
+template <class Ops>
+void pack_x_block(const MatmulArgs & a, bool permuted_x, int64_t mb, int mc, int64_t rb, int kc,
+                  typename Ops::Elem * Sp) {
+    constexpr int SPS = GemmPlan<Ops>::kSteps;
+    if constexpr (Ops::kXPanels) {
+        Ops::pack_x_panels(a, mb, mc, rb, kc, Sp, SPS);
+    } else if constexpr (Ops::kFwdPermuted) {
+        if (permuted_x) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
+        else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+    } else {
+        Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
+    }
+}
+
+// x packed once for the whole call, shared by the threads: reduction block b
+// (of Ops::kKC) of row m at xpk + (b * rows + m) * kSteps (rows = M rounded up
+// to kRows), in pack_x_block's layout.
+template <class Ops>
+struct PackedX {
+    const typename Ops::Elem * data = nullptr;
+    int64_t                    rows = 0;
+};
+
 // One thread's rectangle of the output: rows [m0, m1), cols [c0, c1).
 template <class Ops>
 void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<Ops> & plan, int64_t m0, int64_t m1,
-               int64_t c0, int64_t c1, uint8_t * scratch) {
+               int64_t c0, int64_t c1, uint8_t * scratch, PackedX<Ops> xpk) {
     using E = typename Ops::Elem;
     constexpr int LANES = Ops::kLanes, ROWS = Ops::kRows, SPS = GemmPlan<Ops>::kSteps;
     float * Cacc = reinterpret_cast<float *>(scratch);
@@ -382,17 +417,14 @@ void gemm_rect(const MatmulArgs & a, const WView & w, bool fast, const GemmPlan<
                 const bool permuted_x = Ops::kFwdPermuted && fwd && fast;
                 const E * S = Sp;
                 int64_t sps = SPS;
-                if constexpr (Ops::kXPanels) {
-                    Ops::pack_x_panels(a, mb, mc, rb, kc, Sp, SPS);
-                } else if (x_direct<Ops>(a, permuted_x, kc)) {
+                if (xpk.data) {
+                    S = xpk.data + (rb / Ops::kKC * xpk.rows + mb) * SPS;
+                } else if (packs_x<Ops>(a, permuted_x, kc)) {
+                    pack_x_block<Ops>(a, permuted_x, mb, mc, rb, kc, Sp);
+                } else {
                     S = reinterpret_cast<const E *>(static_cast<const char *>(a.x) +
                                                     (mb * a.ldx + rb) * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)));
                     sps = a.ldx * static_cast<int64_t>(qlora_dtype_size(a.x_dtype)) / static_cast<int64_t>(sizeof(E));
-                } else if constexpr (Ops::kFwdPermuted) {
-                    if (permuted_x) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
-                    else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
-                } else {
-                    Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
                 }
                 for (int64_t cp = cb; cp < cb + nc; cp += LANES) {
                     const int lv = static_cast<int>(std::min<int64_t>(LANES, cb + nc - cp));
@@ -470,6 +502,9 @@ void widen_x(const MatmulArgs & a, Elem elem, float * xf) {
 // Entry point: plan, scratch, thread split.
 
 constexpr int64_t kMatvecMaxM = 8;
+// The most scratch a GEMM spends on x packed once per call (64 MiB: M = 512
+// rows of K = 32768 fp32); larger x is packed block by block by each thread.
+constexpr size_t kMaxPackedX = size_t{64} << 20;
 
 // The forward matvecs' rows [0, n) of K elements, handed out to the pool's
 // threads by a ChunkQueue in chunks of about 64 KB of weights (a multiple of
@@ -553,8 +588,34 @@ void run(qlora_context & ctx, const MatmulArgs & a) {
         return;
     }
 
-    const GemmPlan<Ops> plan(a.M);
+    // x packed once per call when every block of it is packed and the copy is
+    // at most kMaxPackedX (else each thread packs each block it needs, once
+    // per block of columns): x1.00-1.08 at M = 512 (fp32, 2 threads).
+    using E = typename Ops::Elem;
+    constexpr int SPS = GemmPlan<Ops>::kSteps;
+    const bool permuted_x = Ops::kFwdPermuted && fwd && fast;
+    const int64_t nrb = (red + Ops::kKC - 1) / Ops::kKC;
+    const int last_kc = static_cast<int>(red - (nrb - 1) * Ops::kKC);
+    PackedX<Ops> xpk;
+    xpk.rows = static_cast<int64_t>(round_up(static_cast<uint64_t>(a.M), Ops::kRows));
+    const size_t xpk_bytes = sizeof(E) * static_cast<size_t>(nrb * xpk.rows * SPS);
+    const bool pack_once =
+        packs_x<Ops>(a, permuted_x, Ops::kKC) && packs_x<Ops>(a, permuted_x, last_kc) && xpk_bytes <= kMaxPackedX;
+
+    const GemmPlan<Ops> plan(a.M, !pack_once);
     for (int t = 0; t < T; ++t) scratch.reserve(static_cast<size_t>(t), plan.total());
+    if (pack_once) {
+        E * buf = static_cast<E *>(scratch.reserve(static_cast<size_t>(T), xpk_bytes));
+        const int64_t panels = xpk.rows / Ops::kRows;
+        pool.parallel_for(nrb * panels, 1, [&](int64_t u0, int64_t u1, int) {
+            for (int64_t u = u0; u < u1; ++u) {
+                const int64_t b = u / panels, m = u % panels * Ops::kRows;
+                pack_x_block<Ops>(a, permuted_x, m, static_cast<int>(std::min<int64_t>(Ops::kRows, a.M - m)),
+                                  b * Ops::kKC, b + 1 < nrb ? Ops::kKC : last_kc, buf + (b * xpk.rows + m) * SPS);
+            }
+        });
+        xpk.data = buf;
+    }
     // Split the output columns in whole lane panels when there are enough of
     // them, else the rows of x; the result does not depend on the split.
     const int64_t col_units = (cols + Ops::kLanes - 1) / Ops::kLanes;
@@ -565,10 +626,10 @@ void run(qlora_context & ctx, const MatmulArgs & a) {
         uint8_t * s = static_cast<uint8_t *>(scratch.at(static_cast<size_t>(t)));
         if (split_cols) {
             split_range(cols, Ops::kLanes, nt, t, b, e);
-            if (b < e) gemm_rect<Ops>(a, w, fast, plan, 0, a.M, b, e, s);
+            if (b < e) gemm_rect<Ops>(a, w, fast, plan, 0, a.M, b, e, s, xpk);
         } else {
             split_range(a.M, Ops::kRows, nt, t, b, e);
-            if (b < e) gemm_rect<Ops>(a, w, fast, plan, b, e, 0, cols, s);
+            if (b < e) gemm_rect<Ops>(a, w, fast, plan, b, e, 0, cols, s, xpk);
         }
     });
 }
