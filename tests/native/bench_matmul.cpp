@@ -549,11 +549,12 @@ void BM_M1Interleaved(benchmark::State & state, Shape s) {
 // order, with a 10 ms pause after each call (MKL's OpenMP threads spin for a
 // while after a call, and would take the cores from the next one; our pool's
 // wake-up, ~50 us, is noise at these sizes). Ratio = the median over rounds
-// of MKL's time / ours.
+// of MKL's time / ours. Baseline (a), dequantize the whole W then the same
+// MKL GEMM, takes part in the rounds too (the three calls in rotating order).
 constexpr int kGemmRounds = 12;
 constexpr int64_t kGemmM = 512;
 struct GemmInterleaved {
-    std::vector<double> ours, dense, ratio;
+    std::vector<double> ours, dense, deq, ratio, ratio_deq;
 };
 std::map<std::string, GemmInterleaved> & gemm_interleaved() {
     static std::map<std::string, GemmInterleaved> r;
@@ -593,6 +594,12 @@ void BM_GemmInterleaved(benchmark::State & state, Shape s) {
                                    Wf.data(), yf.data());
                     benchmark::DoNotOptimize(yf.data());
                 };
+                // (a): the whole W dequantized into the dense GEMM's own W (its values do not matter to the timing)
+                qlora_view wv = bf16 ? view(Wh.data(), QLORA_DTYPE_BF16, s.N, s.K) : view(Wf.data(), QLORA_DTYPE_F32, s.N, s.K);
+                auto deq = [&] {
+                    if (qlora_q4_dequantize(c, w.copies[0].get(), &wv) != QLORA_OK) state.SkipWithError(qlora_last_error());
+                    dense();
+                };
                 auto clock = [](auto && body) {
                     const auto t0 = std::chrono::steady_clock::now();
                     body();
@@ -604,18 +611,18 @@ void BM_GemmInterleaved(benchmark::State & state, Shape s) {
                 r = GemmInterleaved{};
                 clock(ours); // first calls: scratch, page faults, MKL's buffers
                 clock(dense);
+                clock(deq);
                 for (int round = 0; round < kGemmRounds; ++round) {
-                    double to, td;
-                    if (round & 1) {
-                        td = clock(dense);
-                        to = clock(ours);
-                    } else {
-                        to = clock(ours);
-                        td = clock(dense);
+                    double t[3];
+                    for (int i = 0; i < 3; ++i) { // order: ours, dense, deq rotated by the round
+                        const int which = (i + round) % 3;
+                        t[which] = which == 0 ? clock(ours) : which == 1 ? clock(dense) : clock(deq);
                     }
-                    r.ours.push_back(to);
-                    r.dense.push_back(td);
-                    r.ratio.push_back(td / to);
+                    r.ours.push_back(t[0]);
+                    r.dense.push_back(t[1]);
+                    r.deq.push_back(t[2]);
+                    r.ratio.push_back(t[1] / t[0]);
+                    r.ratio_deq.push_back(t[2] / t[0]);
                 }
             }
 }
@@ -760,13 +767,16 @@ void BM_Table(benchmark::State & state) {
         }
     }
     if (!gemm_interleaved().empty()) {
-        std::printf("\nM = %lld interleaved (Matmul/gemm_interleaved): %d rounds of one call of ours and one of MKL's "
-                    "dense GEMM of the same precision (alternating order, a 10 ms pause after each call), %d "
-                    "threads; GFLOP/s from the median times; 'vs dense' = the median over rounds of MKL's time / "
-                    "ours (min-max over rounds after it):\n\n",
+        std::printf("\nM = %lld interleaved (Matmul/gemm_interleaved): %d rounds of one call each of ours, MKL's "
+                    "dense GEMM of the same precision, and (a) qlora_q4_dequantize of the whole W + the same MKL GEMM "
+                    "(rotating order, a 10 ms pause after each call), %d threads; GFLOP/s from the median times; "
+                    "'vs dense' / 'vs deq' = the median over rounds of MKL's / (a)'s time / ours (min-max over rounds "
+                    "after it):\n\n",
                     static_cast<long long>(kGemmM), kGemmRounds, kThreads);
-        std::printf("| op  | act  |    K  |     N | q4 GFLOP/s | dense GFLOP/s | vs dense | rounds' min-max |\n");
-        std::printf("|-----|------|-------|-------|-----------:|--------------:|---------:|----------------:|\n");
+        std::printf("| op  | act  |    K  |     N | q4 GFLOP/s | dense GFLOP/s | vs dense | rounds' min-max | "
+                    "deq+dense GFLOP/s | vs deq | rounds' min-max |\n");
+        std::printf("|-----|------|-------|-------|-----------:|--------------:|---------:|----------------:|"
+                    "------------------:|-------:|----------------:|\n");
         for (bool fwd : {true, false})
             for (bool bf16 : {false, true})
                 for (const Shape & s : kShapes) {
@@ -775,10 +785,13 @@ void BM_Table(benchmark::State & state) {
                     const GemmInterleaved & g = it->second;
                     const double flop = 2.0 * kGemmM * s.N * s.K;
                     const auto mm = std::minmax_element(g.ratio.begin(), g.ratio.end());
-                    std::printf("| %s | %s | %5lld | %5lld | %10.1f | %13.1f | %7.2fx | %6.2f-%.2f |\n",
+                    const auto md = std::minmax_element(g.ratio_deq.begin(), g.ratio_deq.end());
+                    std::printf("| %s | %s | %5lld | %5lld | %10.1f | %13.1f | %7.2fx | %6.2f-%.2f | %17.1f | %5.2fx | "
+                                "%6.2f-%.2f |\n",
                                 fwd ? "fwd" : "bwd", bf16 ? "bf16" : "f32 ", static_cast<long long>(s.K),
                                 static_cast<long long>(s.N), flop / median(g.ours) / 1e9, flop / median(g.dense) / 1e9,
-                                median(g.ratio), *mm.first, *mm.second);
+                                median(g.ratio), *mm.first, *mm.second, flop / median(g.deq) / 1e9,
+                                median(g.ratio_deq), *md.first, *md.second);
                 }
     }
     const double pf = get("peak/f32"), pb = get("peak/bf16");
