@@ -872,7 +872,8 @@ struct OpsF32 : OpsBase<float> {
     // Sp + mp * sps and holds element (r, j) = x[m0 + mp + j, r0 + r] at
     // 12 r + j, so the micro-kernel reads one sequential stream.
     static constexpr bool kXPanels = true;
-    static void pack_x_panels(const MatmulArgs & a, int64_t m0, int mc, int64_t r0, int kc, float * Sp, int sps) {
+    static void pack_x_panels(const MatmulArgs & a, bool /*permuted: never, natural k order*/, int64_t m0, int mc,
+                              int64_t r0, int kc, float * Sp, int sps) {
         for (int mp = 0; mp < mc; mp += kRows) {
             const int R = std::min(kRows, mc - mp);
             float * tile = Sp + static_cast<int64_t>(mp) * sps;

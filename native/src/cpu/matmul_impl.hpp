@@ -370,14 +370,9 @@ template <class Ops>
 void pack_x_block(const MatmulArgs & a, bool permuted_x, int64_t mb, int mc, int64_t rb, int kc,
                   typename Ops::Elem * Sp) {
     constexpr int SPS = GemmPlan<Ops>::kSteps;
-    if constexpr (Ops::kXPanels) {
-        Ops::pack_x_panels(a, mb, mc, rb, kc, Sp, SPS);
-    } else if constexpr (Ops::kFwdPermuted) {
-        if (permuted_x) Ops::pack_x_perm(a, mb, mc, rb, kc, Sp, SPS);
-        else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
-    } else {
-        Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
-    }
+    static_assert(Ops::kXPanels || !Ops::kFwdPermuted, "x in permuted order is packed by pack_x_panels");
+    if constexpr (Ops::kXPanels) Ops::pack_x_panels(a, permuted_x, mb, mc, rb, kc, Sp, SPS);
+    else Ops::pack_x_natural(a, mb, mc, rb, kc, Sp, SPS);
 }
 
 // x packed once for the whole call, shared by the threads: reduction block b
