@@ -135,10 +135,24 @@ void dense_bf16(bool fwd, int64_t M, int64_t N, int64_t K, const uint16_t * x, c
 struct CtxDel { void operator()(qlora_context_t c) const { qlora_context_free(c); } };
 struct Q4Del { void operator()(qlora_q4_tensor_t t) const { qlora_q4_free(t); } };
 
+// QLORA_BENCH_ISA=avx2 (a qlora_cpu_isa_name) caps our kernels' ISA, e.g. to
+// measure the AVX2 kernels on an AVX-512 machine; MKL_ENABLE_INSTRUCTIONS=AVX2
+// caps MKL's the same way.
+qlora_cpu_isa bench_isa() {
+    const char * env = std::getenv("QLORA_BENCH_ISA");
+    if (env)
+        for (int i = QLORA_ISA_SCALAR; i <= QLORA_ISA_AMX_BF16; ++i)
+            if (std::strcmp(env, qlora_cpu_isa_name(static_cast<qlora_cpu_isa>(i))) == 0)
+                return static_cast<qlora_cpu_isa>(i);
+    if (env) std::fprintf(stderr, "QLORA_BENCH_ISA=%s is not an ISA name (scalar, avx2, avx512, ...); ignored\n", env);
+    return QLORA_ISA_BEST;
+}
+
 qlora_context_t make_ctx(int threads) {
     qlora_context_params p = qlora_context_default_params();
     p.backend = QLORA_BACKEND_CPU;
     p.n_threads = threads;
+    p.max_isa = bench_isa();
     qlora_context_t out = nullptr;
     if (qlora_context_create(&p, &out) != QLORA_OK) std::fprintf(stderr, "context: %s\n", qlora_last_error());
     return out;
