@@ -805,17 +805,6 @@ struct SpRows {
 };
 
 // ---------------------------------------------------------------------------
-// The L2 size per core in bytes (0 where the C library does not say).
-inline long l2_cache_bytes() {
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? v : 0;
-#else
-    return 0;
-#endif
-}
-
-// ---------------------------------------------------------------------------
 // fp32 tiles: Bp [KC][32] floats, Sp panels [rows / 12][KC][12] floats, C tile 12 x 32.
 
 struct OpsF32 : OpsBase<float> {

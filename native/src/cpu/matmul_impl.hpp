@@ -43,6 +43,8 @@
 #include <type_traits>
 #include <utility>
 
+#include <unistd.h>
+
 #ifndef QLORA_MM_NS
 #error "define QLORA_MM_NS before including cpu/matmul_impl.hpp"
 #endif
@@ -304,6 +306,16 @@ inline void store_one(const MatmulArgs & a, int64_t m, int64_t c, float acc) {
 
 // ---------------------------------------------------------------------------
 // GEMM (M > 8).
+
+// The L2 size per core in bytes (0 where the C library does not say).
+inline long l2_cache_bytes() {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? v : 0;
+#else
+    return 0;
+#endif
+}
 
 // Rows of x per block: Ops::block_rows() where the Ops sizes it at run time
 // (from the machine's L2), else Ops::kMC. The bits do not depend on it.
